@@ -1,0 +1,567 @@
+//! The MySQL / MariaDB store: diesel-async over mysql_async (pure Rust, no libmysqlclient),
+//! pooled with bb8.
+//!
+//! How it keeps the [`Store`] rules:
+//! - **Database clock.** Every instant written and every lease comparison is `NOW(6)` on the
+//!   server; the pool's sessions run with `time_zone = '+00:00'`, so `DATETIME(6)` values are
+//!   UTC.
+//! - **READ COMMITTED.** Every pooled session is set up with
+//!   `SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED`: no gap locks, fewer deadlocks
+//!   (DESIGN §9); the writes lock the rows they decide on with `SELECT … FOR UPDATE`.
+//! - **Affected rows are found rows.** The connections use `CLIENT_FOUND_ROWS`, so an
+//!   `UPDATE` reports the rows its `WHERE` matched, even when a value did not change; "0 rows"
+//!   means "the condition did not hold", which is what the fenced updates rely on.
+//! - **Fencing in the same transaction.** Coordinator writes lock and check the coordinator
+//!   row (`holder = me AND term = my_term AND expires_at > NOW(6)`) before they write; owner
+//!   writes are one conditional `UPDATE … WHERE owner = ? AND epoch = ?`; both in the
+//!   transaction of the write.
+//! - **Retries.** Deadlocks (1213), lock wait timeouts (1205) and lost connections are
+//!   retried with the policy of `retry.rs`; a connection that was lost is dropped from the
+//!   pool. `Fenced` and the other answers are never retried.
+//! - **Batching.** `apply_plan` and `create_queue` write rows in multi-row statements of at
+//!   most `MAX_BINDS` placeholders: a plan over 50,000 partitions takes about twenty
+//!   statements, not 50,000.
+
+mod ops;
+mod schema;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::result::{ConnectionError, DatabaseErrorKind, Error as DieselError};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection, RunError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncMysqlConnection, TransactionManager};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use futures::FutureExt;
+use helix_core::{
+    ClusterName, DomainName, Epoch, PartitionId, QueueId, QueueName, SessionEpoch, Term, WorkerId,
+};
+
+use crate::error::{StoreError, StoreResult};
+use crate::model::*;
+use crate::retry::Retry;
+use crate::rules;
+use crate::store::Store;
+use crate::url::StoreUrl;
+use crate::{ConnectOptions, migrate};
+
+/// The migrations of `migrations/mysql`, embedded in the binary.
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
+
+/// The most placeholders one statement binds (MySQL's limit is 65,535).
+pub(crate) const MAX_BINDS: usize = 60_000;
+
+/// Statements every new pooled connection runs before it is used.
+const SESSION_SETUP: [&str; 2] =
+    ["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", "SET time_zone = '+00:00'"];
+
+/// The MySQL / MariaDB store. Cheap to share behind an `Arc`; it holds a pool of at most
+/// [`ConnectOptions::pool_size`] connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), helix_store::StoreError> {
+/// use helix_store::{ConnectOptions, MysqlStore, Store};
+///
+/// let url = url::Url::parse("mysql://helix:secret@127.0.0.1:3306/helix").expect("valid url");
+/// let store = MysqlStore::connect(&url, &ConnectOptions::default()).await?;
+/// println!("database time: {}", store.now().await?);
+/// # Ok(())
+/// # }
+/// ```
+pub struct MysqlStore {
+    pool: Pool<AsyncMysqlConnection>,
+    /// The URL with its password replaced by `***`.
+    url: String,
+    scrub: Scrubber,
+}
+
+impl fmt::Debug for MysqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.pool.state();
+        f.debug_struct("MysqlStore")
+            .field("url", &self.url)
+            .field("connections", &state.connections)
+            .field("idle_connections", &state.idle_connections)
+            .finish()
+    }
+}
+
+/// Removes a password from text that a driver may have formatted it into.
+#[derive(Clone, Default)]
+struct Scrubber {
+    secrets: Vec<String>,
+}
+
+impl Scrubber {
+    fn new(url: &url::Url) -> Self {
+        let mut secrets = Vec::new();
+        if let Some(raw) = url.password().filter(|p| !p.is_empty()) {
+            secrets.push(raw.to_owned());
+            if let Ok(decoded) = percent_decode(raw)
+                && decoded != raw
+                && !decoded.is_empty()
+            {
+                secrets.push(decoded);
+            }
+        }
+        Self { secrets }
+    }
+
+    fn clean(&self, text: impl Into<String>) -> String {
+        let mut text = text.into();
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
+    }
+}
+
+fn percent_decode(raw: &str) -> Result<String, ()> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).map_err(|_| ())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ())
+}
+
+/// Why an operation failed inside the store: an answer already decided ([`StoreError`]) or a
+/// database error still to classify.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Store(StoreError),
+    Db(DieselError),
+}
+
+impl From<DieselError> for Failure {
+    fn from(err: DieselError) -> Self {
+        Self::Db(err)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Self::Store(err)
+    }
+}
+
+/// Message fragments of errors after which the connection cannot be used again.
+const LOST_CONNECTION: [&str; 11] = [
+    "input/output error",
+    "connection to the server is closed",
+    "lost connection",
+    "server has gone away",
+    "connection was killed",
+    "broken pipe",
+    "connection reset",
+    "packet out of order",
+    "server shutdown in progress",
+    "unexpected eof",
+    "connection refused",
+];
+
+/// Classifies a database error; the flag says whether the connection is lost. The driver
+/// passes MySQL's message but not its code, so deadlocks (1213, "Deadlock found …") and lock
+/// wait timeouts (1205, "Lock wait timeout exceeded …") are recognised by their message.
+fn classify(err: &DieselError, scrub: &Scrubber) -> (StoreError, bool) {
+    match err {
+        DieselError::DatabaseError(kind, info) => {
+            let message = scrub.clean(info.message());
+            let lower = message.to_ascii_lowercase();
+            if matches!(kind, DatabaseErrorKind::UniqueViolation) {
+                return (StoreError::Conflict(message), false);
+            }
+            if lower.contains("deadlock")
+                || lower.contains("lock wait timeout")
+                || lower.contains("try restarting transaction")
+            {
+                return (StoreError::Transient(message), false);
+            }
+            if LOST_CONNECTION.iter().any(|m| lower.contains(m)) {
+                return (StoreError::Transient(message), true);
+            }
+            (StoreError::Database(message), false)
+        }
+        DieselError::BrokenTransactionManager | DieselError::RollbackErrorOnCommit { .. } => {
+            (StoreError::Transient(scrub.clean(err.to_string())), true)
+        }
+        other => (StoreError::Database(scrub.clean(other.to_string())), false),
+    }
+}
+
+/// Runs one store operation: takes a pooled connection, runs `$body` with it bound to
+/// `$conn`, classifies the failure, and tries again after transient ones (see `retry.rs`).
+macro_rules! run {
+    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {{
+        let store: &MysqlStore = $store;
+        let mut retry = Retry::new($op);
+        loop {
+            let result = match store.checkout().await {
+                Ok(mut pooled) => {
+                    let $conn: &mut AsyncMysqlConnection = &mut pooled;
+                    let outcome: Result<_, Failure> = $body.await;
+                    store.settle($conn, outcome)
+                }
+                Err(err) => Err(err),
+            };
+            match result {
+                Err(err) if retry.again(&err).await => continue,
+                result => break result,
+            }
+        }
+    }};
+}
+
+/// Runs `$body` (an expression using `$conn`) inside a transaction of `$conn`.
+macro_rules! tx {
+    ($conn:ident, $body:expr) => {
+        $conn.transaction(async |$conn: &mut AsyncMysqlConnection| -> Result<_, Failure> { $body.await })
+    };
+}
+
+impl MysqlStore {
+    /// Connects to the database of `url` (`mysql://user:password@host:port/database`),
+    /// refuses a schema newer than this binary and, when `options.run_migrations` is set,
+    /// applies the pending migrations (serialized between processes by a named lock).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when no connection is made within
+    /// `options.connect_timeout` (server down, wrong credentials, unknown database),
+    /// [`StoreError::SchemaTooNew`] for a database written by a newer Helix,
+    /// [`StoreError::Invalid`] for unusable options or URL parameters. No message contains
+    /// the password.
+    pub async fn connect(url: &url::Url, options: &ConnectOptions) -> StoreResult<Self> {
+        if options.pool_size == 0 {
+            return Err(StoreError::Invalid("pool size must be at least 1".to_owned()));
+        }
+        if options.connect_timeout.is_zero() {
+            return Err(StoreError::Invalid("connect timeout must be more than zero".to_owned()));
+        }
+        let redacted = StoreUrl::Mysql(url.clone()).redacted();
+        let scrub = Scrubber::new(url);
+        let opts = mysql_async::Opts::from_url(url.as_str()).map_err(|e| {
+            StoreError::Invalid(scrub.clean(format!("mysql url {redacted} is not usable: {e}")))
+        })?;
+        let opts: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(opts)
+            .client_found_rows(true)
+            .stmt_cache_size(0usize)
+            .init(SESSION_SETUP.to_vec())
+            .into();
+        let timeout = options.connect_timeout;
+        let mut config = ManagerConfig::<AsyncMysqlConnection>::default();
+        // No test query on every checkout: a lost connection fails its first statement, is
+        // classified transient, dropped from the pool (see `settle`) and retried.
+        config.recycling_method = RecyclingMethod::Fast;
+        config.custom_setup = Box::new(move |_url| establish(opts.clone(), timeout).boxed());
+        let manager = AsyncDieselConnectionManager::new_with_config(redacted.clone(), config);
+        let pool =
+            Pool::builder().max_size(options.pool_size).connection_timeout(timeout).build_unchecked(manager);
+
+        // The first connection without the pool's retries, so a refused login says why.
+        let conn = match tokio::time::timeout(timeout, pool.dedicated_connection()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => {
+                return Err(StoreError::Unavailable(
+                    scrub.clean(format!("cannot connect to {redacted}: {err}")),
+                ));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!("no answer from {redacted} within {timeout:?}")));
+            }
+        };
+        let conn = prepare_schema(conn, options.run_migrations, timeout, &scrub).await?;
+        // A full pool only means the connection is not needed.
+        let _ = pool.add(conn);
+        tracing::debug!(url = %redacted, pool_size = options.pool_size, "connected to mysql");
+        Ok(Self { pool, url: redacted, scrub })
+    }
+
+    async fn checkout(&self) -> StoreResult<PooledConnection<'_, AsyncMysqlConnection>> {
+        self.pool.get().await.map_err(|err| match err {
+            RunError::TimedOut => StoreError::Unavailable(format!(
+                "no database connection to {} within the connect timeout",
+                self.url
+            )),
+            RunError::User(err) => {
+                StoreError::Unavailable(self.scrub.clean(format!("cannot connect to {}: {err}", self.url)))
+            }
+        })
+    }
+
+    /// Turns a failure into the caller's error, and marks a lost connection broken so the
+    /// pool drops it instead of handing it out again.
+    fn settle<T>(&self, conn: &mut AsyncMysqlConnection, outcome: Result<T, Failure>) -> StoreResult<T> {
+        outcome.map_err(|failure| match failure {
+            Failure::Store(err) => err,
+            Failure::Db(err) => {
+                let (err, lost) = classify(&err, &self.scrub);
+                if lost {
+                    <AnsiTransactionManager as TransactionManager<AsyncMysqlConnection>>::transaction_manager_status_mut(
+                        conn,
+                    )
+                    .set_in_error();
+                }
+                err
+            }
+        })
+    }
+}
+
+/// Opens one connection, within `timeout`, and sets its session up.
+async fn establish(
+    opts: mysql_async::Opts,
+    timeout: Duration,
+) -> diesel::ConnectionResult<AsyncMysqlConnection> {
+    let conn = tokio::time::timeout(timeout, mysql_async::Conn::new(opts))
+        .await
+        .map_err(|_| ConnectionError::BadConnection(format!("no answer within {timeout:?}")))?
+        .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+    AsyncMysqlConnection::try_from(conn).await
+}
+
+/// Checks the schema version and runs the migrations on `conn`, holding a named lock of the
+/// database so that processes starting together migrate one after the other.
+async fn prepare_schema(
+    mut conn: AsyncMysqlConnection,
+    run: bool,
+    timeout: Duration,
+    scrub: &Scrubber,
+) -> StoreResult<AsyncMysqlConnection> {
+    let wait = i64::try_from(timeout.as_secs().max(1)).unwrap_or(i64::MAX);
+    let locked = ops::named_lock(&mut conn, wait).await.map_err(|e| to_store(e, scrub))?;
+    if !locked {
+        return Err(StoreError::Unavailable(format!(
+            "another process held the migration lock for longer than {timeout:?}"
+        )));
+    }
+    let (conn, result) = tokio::task::spawn_blocking(move || {
+        // The wrapper blocks on the runtime's handle: fine on this blocking thread, whose
+        // runtime keeps driving the connection's socket meanwhile.
+        let mut wrapper: AsyncConnectionWrapper<AsyncMysqlConnection> = AsyncConnectionWrapper::from(conn);
+        let result = migrate::check_and_migrate(&mut wrapper, MIGRATIONS, run);
+        (wrapper.into_inner(), result)
+    })
+    .await
+    .map_err(|e| StoreError::Database(format!("the migration task failed: {e}")))?;
+    let mut conn = conn;
+    ops::named_unlock(&mut conn).await.map_err(|e| to_store(e, scrub))?;
+    result.map(|()| conn)
+}
+
+fn to_store(failure: Failure, scrub: &Scrubber) -> StoreError {
+    match failure {
+        Failure::Store(err) => err,
+        Failure::Db(err) => classify(&err, scrub).0,
+    }
+}
+
+#[async_trait]
+impl Store for MysqlStore {
+    async fn now(&self) -> StoreResult<DateTime<Utc>> {
+        run!(self, "now", |conn| ops::now(conn))
+    }
+
+    async fn create_domain(&self, name: &DomainName) -> StoreResult<DomainRecord> {
+        run!(self, "create_domain", |conn| tx!(conn, ops::create_domain(conn, name)))
+    }
+
+    async fn get_domain(&self, name: &DomainName) -> StoreResult<DomainRecord> {
+        run!(self, "get_domain", |conn| ops::get_domain(conn, name))
+    }
+
+    async fn list_domains(&self) -> StoreResult<Vec<DomainRecord>> {
+        run!(self, "list_domains", |conn| ops::list_domains(conn))
+    }
+
+    async fn delete_domain(&self, name: &DomainName) -> StoreResult<()> {
+        run!(self, "delete_domain", |conn| tx!(conn, ops::delete_domain(conn, name)))
+    }
+
+    async fn create_queue(&self, spec: &QueueSpec) -> StoreResult<QueueRecord> {
+        spec.validate()?;
+        run!(self, "create_queue", |conn| tx!(conn, ops::create_queue(conn, spec)))
+    }
+
+    async fn get_queue(&self, domain: &DomainName, name: &QueueName) -> StoreResult<QueueRecord> {
+        run!(self, "get_queue", |conn| ops::get_queue(conn, domain, name))
+    }
+
+    async fn get_queue_by_id(&self, id: QueueId) -> StoreResult<QueueRecord> {
+        run!(self, "get_queue_by_id", |conn| ops::get_queue_by_id(conn, id))
+    }
+
+    async fn list_queues(&self, domain: Option<DomainName>) -> StoreResult<Vec<QueueRecord>> {
+        run!(self, "list_queues", |conn| ops::list_queues(conn, domain.as_ref()))
+    }
+
+    async fn delete_queue(&self, domain: &DomainName, name: &QueueName) -> StoreResult<()> {
+        run!(self, "delete_queue", |conn| tx!(conn, ops::delete_queue(conn, domain, name)))
+    }
+
+    async fn register_worker(&self, registration: &WorkerRegistration) -> StoreResult<WorkerLease> {
+        registration.validate()?;
+        run!(self, "register_worker", |conn| tx!(conn, ops::register_worker(conn, registration)))
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        session_epoch: SessionEpoch,
+        session_timeout: Duration,
+    ) -> StoreResult<Heartbeat> {
+        validate_lease_duration("session timeout", session_timeout)?;
+        run!(self, "heartbeat", |conn| ops::heartbeat(conn, worker, session_epoch, session_timeout))
+    }
+
+    async fn set_worker_status(
+        &self,
+        worker: WorkerId,
+        session_epoch: SessionEpoch,
+        status: WorkerStatus,
+    ) -> StoreResult<()> {
+        rules::settable_status(status)?;
+        run!(self, "set_worker_status", |conn| tx!(
+            conn,
+            ops::set_worker_status(conn, worker, session_epoch, status)
+        ))
+    }
+
+    async fn deregister_worker(&self, worker: WorkerId, session_epoch: SessionEpoch) -> StoreResult<()> {
+        run!(self, "deregister_worker", |conn| tx!(conn, ops::deregister_worker(conn, worker, session_epoch)))
+    }
+
+    async fn get_worker(&self, worker: WorkerId) -> StoreResult<WorkerRecord> {
+        run!(self, "get_worker", |conn| ops::get_worker(conn, worker))
+    }
+
+    async fn list_workers(&self, filter: WorkerFilter) -> StoreResult<Vec<WorkerRecord>> {
+        run!(self, "list_workers", |conn| ops::list_workers(conn, filter))
+    }
+
+    async fn mark_workers_dead(
+        &self,
+        fence: &CoordinatorFence,
+        workers: &[WorkerId],
+    ) -> StoreResult<Vec<WorkerId>> {
+        run!(self, "mark_workers_dead", |conn| tx!(conn, ops::mark_workers_dead(conn, fence, workers)))
+    }
+
+    async fn acquire_lease(
+        &self,
+        cluster: &ClusterName,
+        holder: WorkerId,
+        lease: Duration,
+    ) -> StoreResult<Option<Term>> {
+        validate_lease_duration("coordinator lease", lease)?;
+        run!(self, "acquire_lease", |conn| tx!(conn, ops::acquire_lease(conn, cluster, holder, lease)))
+    }
+
+    async fn renew_lease(&self, fence: &CoordinatorFence, lease: Duration) -> StoreResult<()> {
+        validate_lease_duration("coordinator lease", lease)?;
+        run!(self, "renew_lease", |conn| ops::renew_lease(conn, fence, lease))
+    }
+
+    async fn release_lease(&self, fence: &CoordinatorFence) -> StoreResult<()> {
+        run!(self, "release_lease", |conn| tx!(conn, ops::release_lease(conn, fence)))
+    }
+
+    async fn get_lease(&self, cluster: &ClusterName) -> StoreResult<Option<LeaseRecord>> {
+        run!(self, "get_lease", |conn| ops::get_lease(conn, cluster))
+    }
+
+    async fn assignments(&self, queue: QueueId) -> StoreResult<QueueAssignments> {
+        run!(self, "assignments", |conn| tx!(conn, ops::assignments(conn, queue)))
+    }
+
+    async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>> {
+        run!(self, "assignments_of", |conn| ops::assignments_of(conn, worker))
+    }
+
+    async fn apply_plan(
+        &self,
+        fence: &CoordinatorFence,
+        queue: QueueId,
+        changes: &[PlanChange],
+    ) -> StoreResult<PlanOutcome> {
+        run!(self, "apply_plan", |conn| tx!(conn, ops::apply_plan(conn, fence, queue, changes)))
+    }
+
+    async fn handoff(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+    ) -> StoreResult<Epoch> {
+        run!(self, "handoff", |conn| tx!(conn, ops::owner_write(conn, queue, partition, worker, epoch, true)))
+    }
+
+    async fn release_partition(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+    ) -> StoreResult<Epoch> {
+        run!(self, "release_partition", |conn| tx!(
+            conn,
+            ops::owner_write(conn, queue, partition, worker, epoch, false)
+        ))
+    }
+
+    async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {
+        run!(self, "append_event", |conn| ops::append_event(conn, event))
+    }
+
+    async fn events_since(&self, after: u64, limit: u32) -> StoreResult<Vec<Event>> {
+        run!(self, "events_since", |conn| ops::events_since(conn, after, limit))
+    }
+
+    async fn prune_events(&self, older_than: Duration) -> StoreResult<u64> {
+        run!(self, "prune_events", |conn| ops::prune_events(conn, older_than))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubber_removes_raw_and_decoded_passwords() {
+        let url = url::Url::parse("mysql://app:p%40ss@db:3306/helix").expect("valid");
+        let scrub = Scrubber::new(&url);
+        assert_eq!(scrub.clean("bad p%40ss and p@ss"), "bad *** and ***");
+        assert_eq!(Scrubber::new(&url::Url::parse("mysql://app@db/x").expect("valid")).clean("x"), "x");
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_the_caller_can_do() {
+        let scrub = Scrubber::default();
+        let db = |kind, msg: &str| DieselError::DatabaseError(kind, Box::new(msg.to_owned()));
+        let deadlock = db(
+            DatabaseErrorKind::Unknown,
+            "Deadlock found when trying to get lock; try restarting transaction",
+        );
+        assert!(matches!(classify(&deadlock, &scrub), (StoreError::Transient(_), false)));
+        let wait = db(DatabaseErrorKind::Unknown, "Lock wait timeout exceeded; try restarting transaction");
+        assert!(matches!(classify(&wait, &scrub), (StoreError::Transient(_), false)));
+        let lost = db(DatabaseErrorKind::Unknown, "Input/output error: broken pipe");
+        assert!(matches!(classify(&lost, &scrub), (StoreError::Transient(_), true)));
+        let dup = db(DatabaseErrorKind::UniqueViolation, "Duplicate entry 'x' for key 'PRIMARY'");
+        assert!(matches!(classify(&dup, &scrub), (StoreError::Conflict(_), false)));
+        let syntax = db(DatabaseErrorKind::Unknown, "You have an error in your SQL syntax");
+        assert!(matches!(classify(&syntax, &scrub), (StoreError::Database(_), false)));
+    }
+}

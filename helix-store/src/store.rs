@@ -1,0 +1,174 @@
+//! The [`Store`] trait: everything Helix keeps in its database.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use helix_core::{
+    ClusterName, DomainName, Epoch, PartitionId, QueueId, QueueName, SessionEpoch, Term, WorkerId,
+};
+
+use crate::error::StoreResult;
+use crate::model::{
+    AssignmentRecord, CoordinatorFence, DomainRecord, Event, Heartbeat, LeaseRecord, NewEvent, PlanChange,
+    PlanOutcome, QueueAssignments, QueueRecord, QueueSpec, WorkerFilter, WorkerLease, WorkerRecord,
+    WorkerRegistration, WorkerStatus,
+};
+
+/// Everything Helix keeps in its database, behind one async interface that the MySQL, SQLite
+/// and in-memory stores implement with the same semantics (checked by the conformance suite).
+///
+/// Rules every implementation keeps:
+/// - **Time is the store's.** Leases are set and compared on the database clock (`NOW(6)` on
+///   MySQL); callers pass durations, never instants.
+/// - **Coordinator writes are fenced by term** ([`CoordinatorFence`]) and **owner writes by
+///   epoch**, checked in the same transaction as the write; a stale caller gets
+///   [`StoreError::Fenced`](crate::StoreError::Fenced) and nothing changes.
+/// - **History is written with the change.** Operations that change membership, leadership or
+///   assignments append their events in the same transaction.
+/// - Names and partition counts arrive validated by their types; anything else that is bad
+///   input is refused with [`StoreError::Invalid`](crate::StoreError::Invalid).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current time on the store's clock.
+    async fn now(&self) -> StoreResult<DateTime<Utc>>;
+
+    // ---- domains and queues -------------------------------------------------------------
+
+    /// Creates a domain; `Conflict` when it exists.
+    async fn create_domain(&self, name: &DomainName) -> StoreResult<DomainRecord>;
+    /// Reads a domain; `NotFound` when absent.
+    async fn get_domain(&self, name: &DomainName) -> StoreResult<DomainRecord>;
+    /// Every domain, sorted by name.
+    async fn list_domains(&self) -> StoreResult<Vec<DomainRecord>>;
+    /// Deletes an empty domain; `Conflict` while it has queues, `NotFound` when absent.
+    async fn delete_domain(&self, name: &DomainName) -> StoreResult<()>;
+
+    /// Creates a queue and one unowned assignment row (epoch 0) per partition; `NotFound`
+    /// when the domain does not exist, `Conflict` when the queue does.
+    async fn create_queue(&self, spec: &QueueSpec) -> StoreResult<QueueRecord>;
+    /// Reads a queue by name; `NotFound` when absent.
+    async fn get_queue(&self, domain: &DomainName, name: &QueueName) -> StoreResult<QueueRecord>;
+    /// Reads a queue by id; `NotFound` when absent.
+    async fn get_queue_by_id(&self, id: QueueId) -> StoreResult<QueueRecord>;
+    /// The queues of one domain, or of all, sorted by (domain, name).
+    async fn list_queues(&self, domain: Option<DomainName>) -> StoreResult<Vec<QueueRecord>>;
+    /// Deletes a queue with its assignments and subscriptions; `NotFound` when absent.
+    async fn delete_queue(&self, domain: &DomainName, name: &QueueName) -> StoreResult<()>;
+
+    // ---- workers ------------------------------------------------------------------------
+
+    /// Registers a worker (or starts a new session of a known one: status ACTIVE, session
+    /// epoch + 1, subscriptions replaced) with a lease of `session_timeout` from now.
+    /// `NotFound` when a subscribed queue does not exist.
+    async fn register_worker(&self, registration: &WorkerRegistration) -> StoreResult<WorkerLease>;
+    /// Renews the lease of a session for `session_timeout` from now, if the lease is still
+    /// running; otherwise says why not. Never revives an expired lease.
+    async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        session_epoch: SessionEpoch,
+        session_timeout: Duration,
+    ) -> StoreResult<Heartbeat>;
+    /// Moves a live session between ACTIVE and DRAINING; `Fenced` when the session is over,
+    /// `Invalid` for any other status.
+    async fn set_worker_status(
+        &self,
+        worker: WorkerId,
+        session_epoch: SessionEpoch,
+        status: WorkerStatus,
+    ) -> StoreResult<()>;
+    /// Ends a session gracefully: status LEFT, lease ended, subscriptions removed. Idempotent;
+    /// `Fenced` when a newer session exists.
+    async fn deregister_worker(&self, worker: WorkerId, session_epoch: SessionEpoch) -> StoreResult<()>;
+    /// Reads one worker; `NotFound` when absent.
+    async fn get_worker(&self, worker: WorkerId) -> StoreResult<WorkerRecord>;
+    /// Lists workers, sorted by id.
+    async fn list_workers(&self, filter: WorkerFilter) -> StoreResult<Vec<WorkerRecord>>;
+    /// Declares dead those of `workers` whose lease has run out on the store's clock and whose
+    /// status is still ACTIVE or DRAINING; returns the ones it changed. Fenced by term.
+    async fn mark_workers_dead(
+        &self,
+        fence: &CoordinatorFence,
+        workers: &[WorkerId],
+    ) -> StoreResult<Vec<WorkerId>>;
+
+    // ---- coordinator lease --------------------------------------------------------------
+
+    /// Tries to take the cluster's coordinator lease for `lease` from now. Returns the term
+    /// when the caller holds the lease afterwards: a new term (`term + 1`) when it changed
+    /// hands or had run out, the same term (extended) when the caller already held it.
+    /// `None` when another process holds a running lease.
+    async fn acquire_lease(
+        &self,
+        cluster: &ClusterName,
+        holder: WorkerId,
+        lease: Duration,
+    ) -> StoreResult<Option<Term>>;
+    /// Extends the caller's running lease for `lease` from now; `Fenced` when it is no longer
+    /// the holder, its term is stale or its lease has run out.
+    async fn renew_lease(&self, fence: &CoordinatorFence, lease: Duration) -> StoreResult<()>;
+    /// Gives the lease up so another process can take it at once. Idempotent; does nothing
+    /// when the caller no longer holds it.
+    async fn release_lease(&self, fence: &CoordinatorFence) -> StoreResult<()>;
+    /// Reads the lease of a cluster; `None` when nobody ever held it.
+    async fn get_lease(&self, cluster: &ClusterName) -> StoreResult<Option<LeaseRecord>>;
+
+    // ---- assignments --------------------------------------------------------------------
+
+    /// Every assignment row of a queue, with its assignment version, in one snapshot;
+    /// `NotFound` when the queue does not exist.
+    async fn assignments(&self, queue: QueueId) -> StoreResult<QueueAssignments>;
+    /// The rows a worker owns, across queues, sorted by (queue, partition).
+    async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>>;
+    /// Applies a coordinator's plan (from [`helix_core::planner::plan`]) for one queue
+    /// atomically, fenced by term. A change applies only where the row still has the change's
+    /// `expected_epoch` and satisfies its rule; the others are reported as skipped:
+    ///
+    /// | change | rule | effect |
+    /// |---|---|---|
+    /// | `Grant { to }` | no owner, an owner not live on the store's clock, or `to` itself | `owner = to`, epoch + 1, `ASSIGNED` |
+    /// | `Release` | an owner that is not live | no owner, epoch + 1, `ASSIGNED` |
+    /// | `Revoke { to }` | `ASSIGNED` with an owner other than `to` | `REVOKING`, `target = to` (`None`: the owner releases) |
+    /// | `Retarget { to }` | `REVOKING`, owner other than `to` | `target = to`, the revocation keeps its start |
+    /// | `CancelRevoke` | `REVOKING` | `ASSIGNED`, no target |
+    ///
+    /// Revocations and cancellations keep the epoch. Bumps the queue's assignment version once
+    /// when anything changed and records an event per applied change. `Invalid` when a
+    /// partition is out of range or appears twice; `NotFound` when the queue does not exist.
+    async fn apply_plan(
+        &self,
+        fence: &CoordinatorFence,
+        queue: QueueId,
+        changes: &[PlanChange],
+    ) -> StoreResult<PlanOutcome>;
+    /// The owner of a REVOKING partition hands it to the revocation's target: `owner =
+    /// target` (no owner when the revocation has no target), `epoch + 1, ASSIGNED`, only where `owner = worker AND epoch = epoch AND
+    /// state = REVOKING`; `Fenced` otherwise. Returns the new epoch.
+    async fn handoff(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+    ) -> StoreResult<Epoch>;
+    /// The owner gives a partition up (graceful leave): `owner = NULL, epoch + 1`, only where
+    /// `owner = worker AND epoch = epoch`; `Fenced` otherwise. Returns the new epoch.
+    async fn release_partition(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+    ) -> StoreResult<Epoch>;
+
+    // ---- events -------------------------------------------------------------------------
+
+    /// Appends an event; returns its id.
+    async fn append_event(&self, event: &NewEvent) -> StoreResult<u64>;
+    /// Up to `limit` events with an id greater than `after`, in id order.
+    async fn events_since(&self, after: u64, limit: u32) -> StoreResult<Vec<Event>>;
+    /// Deletes the events older than `older_than` on the store's clock; returns how many.
+    async fn prune_events(&self, older_than: Duration) -> StoreResult<u64>;
+}

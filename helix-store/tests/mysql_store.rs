@@ -1,0 +1,240 @@
+//! What only the MySQL / MariaDB store has to show: connect errors within a bounded time,
+//! passwords kept out of every message, the schema version check, idempotent migrations,
+//! recovery from killed connections, and a plan over 50,000 partitions in one transaction.
+//!
+//! Needs a server at `HELIX_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`); fails,
+//! saying how to start one, when none answers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use helix_core::{ClusterName, DomainName, Epoch, PartitionCount, PartitionId, QueueName, WorkerId};
+use helix_store::conformance::ScratchMysql;
+use helix_store::{
+    ConnectOptions, CoordinatorFence, EventKind, MysqlStore, PlanChange, QueueSpec, Store, StoreError,
+    Subscription, WorkerRegistration,
+};
+use mysql_async::prelude::Queryable;
+
+const LONG: Duration = Duration::from_secs(600);
+
+/// Connects a store to the scratch database with the default options.
+async fn connect(db: &ScratchMysql) -> Result<MysqlStore, StoreError> {
+    MysqlStore::connect(db.url(), &ConnectOptions::default()).await
+}
+
+fn options(timeout: Duration) -> ConnectOptions {
+    ConnectOptions { connect_timeout: timeout, ..ConnectOptions::default() }
+}
+
+/// Generous against a busy machine; only a hang exceeds it.
+const NO_HANG: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    // Port 1 on the loopback: nothing listens, the connection is refused.
+    let url = url::Url::parse("mysql://app:hunter2-secret@127.0.0.1:1/helix").expect("url");
+    let err = tokio::time::timeout(NO_HANG, MysqlStore::connect(&url, &options(Duration::from_secs(2))))
+        .await
+        .expect("no hang")
+        .expect_err("nothing listens");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2-secret"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2-secret"), "{err:?}");
+
+    // Through the generic entry point too.
+    let Err(err) = helix_store::connect_with(
+        "mysql://app:hunter2-secret@127.0.0.1:1/helix",
+        options(Duration::from_secs(2)),
+    )
+    .await
+    else {
+        panic!("nothing listens, yet it connected");
+    };
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2-secret"), "{err}");
+}
+
+/// A server that accepts the connection but never speaks (a hung server, a black-holing
+/// proxy) gives up at the connect timeout instead of hanging.
+#[tokio::test]
+async fn a_silent_server_is_unavailable_after_the_connect_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    // Accept and hold connections without ever sending the server greeting.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = format!("mysql://app:hunter2-secret@127.0.0.1:{port}/helix");
+    let err = tokio::time::timeout(NO_HANG, helix_store::connect_with(&url, options(Duration::from_secs(1))))
+        .await
+        .expect("the connect timeout bounds the wait")
+        .map(|_| ())
+        .expect_err("a silent server");
+    holder.abort();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2-secret"), "{err}");
+}
+
+#[tokio::test]
+async fn passwords_never_show_in_errors_or_debug_output() {
+    let db = ScratchMysql::create().await;
+    let user = format!("u{}", &db.name()[8..24]);
+    let password = "Pa55-w0rd-kept-out";
+    let mut conn = db.admin().await;
+    conn.query_drop(format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+        .await
+        .expect("create user");
+    conn.query_drop(format!("GRANT ALL ON {}.* TO '{user}'@'%'", db.name())).await.expect("grant");
+
+    let mut url = db.url().clone();
+    url.set_username(&user).expect("user");
+    url.set_password(Some(password)).expect("password");
+    let store = MysqlStore::connect(&url, &ConnectOptions::default()).await.expect("connect with a password");
+    let debug = format!("{store:?}");
+    assert!(!debug.contains(password) && debug.contains("***"), "{debug}");
+    store.now().await.expect("a query works");
+
+    // A wrong password and a database without grants: refused, and nothing secret shown.
+    url.set_password(Some("Wr0ng-secret-value")).expect("password");
+    let err = MysqlStore::connect(&url, &options(Duration::from_secs(3))).await.expect_err("wrong password");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("Wr0ng-secret-value"), "{err}");
+
+    url.set_password(Some(password)).expect("password");
+    url.set_path("mysql");
+    let err = MysqlStore::connect(&url, &options(Duration::from_secs(3))).await.expect_err("no grants");
+    assert!(!err.to_string().contains(password), "{err}");
+
+    drop(store);
+    conn.query_drop(format!("DROP USER '{user}'@'%'")).await.expect("drop user");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
+    let db = ScratchMysql::create().await;
+    let store = connect(&db).await.expect("first connect migrates");
+    let domain = DomainName::new("kept").expect("name");
+    store.create_domain(&domain).await.expect("create domain");
+    drop(store);
+
+    let store = connect(&db).await.expect("second connect finds nothing to do");
+    assert_eq!(store.get_domain(&domain).await.expect("still there").name, domain);
+    drop(store);
+    let mut conn = db.admin().await;
+    let applied: Option<i64> = conn
+        .query_first(format!("SELECT COUNT(*) FROM {}.__diesel_schema_migrations", db.name()))
+        .await
+        .expect("count migrations");
+    assert_eq!(applied, Some(1));
+
+    // A migration this binary does not know: written by a newer Helix.
+    conn.query_drop(format!(
+        "INSERT INTO {}.__diesel_schema_migrations (version, run_on) VALUES ('99991231000000', NOW())",
+        db.name()
+    ))
+    .await
+    .expect("fake a future migration");
+    for run_migrations in [true, false] {
+        let options = ConnectOptions { run_migrations, ..ConnectOptions::default() };
+        match MysqlStore::connect(db.url(), &options).await {
+            Err(StoreError::SchemaTooNew { database, .. }) => assert_eq!(database, "99991231000000"),
+            other => panic!("run_migrations={run_migrations}: expected SchemaTooNew, got {other:?}"),
+        }
+    }
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn killed_connections_are_replaced_transparently() {
+    let db = ScratchMysql::create().await;
+    let options = ConnectOptions { pool_size: 2, ..ConnectOptions::default() };
+    let store = MysqlStore::connect(db.url(), &options).await.expect("connect");
+    store.now().await.expect("warm the pool");
+    let domain = DomainName::new("d").expect("name");
+    store.create_domain(&domain).await.expect("create");
+
+    // Kill every connection of the store, as a restarting proxy or server would.
+    let mut conn = db.admin().await;
+    let ids: Vec<u64> = conn
+        .exec("SELECT id FROM information_schema.processlist WHERE db = ?", (db.name(),))
+        .await
+        .expect("list connections");
+    assert!(!ids.is_empty());
+    for id in ids {
+        conn.query_drop(format!("KILL {id}")).await.expect("kill");
+    }
+
+    // The next operations retry on fresh connections.
+    for _ in 0..3 {
+        assert_eq!(store.get_domain(&domain).await.expect("retried after the kill").name, domain);
+    }
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_over_50000_partitions_applies_in_one_transaction() {
+    const PARTITIONS: u32 = 50_000;
+    let db = ScratchMysql::create().await;
+    let store = connect(&db).await.expect("connect");
+    let domain = DomainName::new("big").expect("name");
+    store.create_domain(&domain).await.expect("domain");
+    let spec = QueueSpec::new(
+        domain,
+        QueueName::new("q").expect("name"),
+        PartitionCount::new(u64::from(PARTITIONS)).expect("count"),
+    );
+    let queue = store.create_queue(&spec).await.expect("create a queue of 50,000 partitions");
+    assert_eq!(store.assignments(queue.id).await.expect("rows").rows.len(), PARTITIONS as usize);
+
+    let workers: Vec<WorkerId> = (0..4).map(|_| WorkerId::new_v7()).collect();
+    for id in &workers {
+        store
+            .register_worker(&WorkerRegistration {
+                id: *id,
+                host: "h".into(),
+                pid: 1,
+                labels: BTreeMap::new(),
+                subscriptions: vec![Subscription { queue_id: queue.id, capacity: 1 }],
+                session_timeout: LONG,
+            })
+            .await
+            .expect("register");
+    }
+    let cluster = ClusterName::default();
+    let holder = WorkerId::new_v7();
+    let term = store.acquire_lease(&cluster, holder, LONG).await.expect("acquire").expect("free");
+    let fence = CoordinatorFence { cluster, holder, term };
+    let before = store.events_since(0, u32::MAX).await.expect("events").last().map_or(0, |e| e.id);
+
+    let grants: Vec<PlanChange> = (0..PARTITIONS)
+        .map(|p| PlanChange::Grant {
+            partition: PartitionId(p),
+            expected_epoch: Epoch(0),
+            to: workers[p as usize % workers.len()],
+        })
+        .collect();
+    let outcome = store.apply_plan(&fence, queue.id, &grants).await.expect("apply the plan");
+    assert_eq!(outcome.applied, PARTITIONS as usize);
+    assert!(outcome.skipped.is_empty());
+    assert_eq!(outcome.assignment_version, 1, "one version bump for the whole plan");
+
+    let snapshot = store.assignments(queue.id).await.expect("rows");
+    assert_eq!(snapshot.assignment_version, 1);
+    for row in &snapshot.rows {
+        assert_eq!(row.owner, Some(workers[row.partition.0 as usize % workers.len()]));
+        assert_eq!((row.epoch, row.coordinator_term), (Epoch(1), term));
+    }
+    let events = store.events_since(before, u32::MAX).await.expect("events");
+    assert_eq!(events.len(), PARTITIONS as usize);
+    assert!(events.iter().all(|e| e.kind == EventKind::PartitionGranted && e.term == Some(term)));
+
+    // Replaying the same plan changes nothing: every expected epoch is stale now.
+    let again = store.apply_plan(&fence, queue.id, &grants).await.expect("replay");
+    assert_eq!((again.applied, again.skipped.len(), again.assignment_version), (0, PARTITIONS as usize, 1));
+    db.drop_database().await;
+}
