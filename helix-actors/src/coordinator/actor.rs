@@ -1,0 +1,339 @@
+//! The Coordinator actor: while this process leads, reconciles every queue on each tick.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use helix_core::failure::{FlapHistory, FlapPolicy};
+use helix_core::planner::Cooldowns;
+use helix_core::{ClusterConfig, QueueId, SessionEpoch, WorkerId};
+use helix_store::{
+    AssignmentState, CoordinatorFence, QueueRecord, Store, StoreError, Subscription, WorkerFilter,
+    WorkerStatus,
+};
+use tokio::time::Instant;
+
+use super::allocator::Allocate;
+use super::election::{LeadershipChanged, StepDown};
+use super::reconcile::{ReconcileInput, allocation_request, plan_towards};
+
+/// What one reconciliation round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Workers declared dead this round.
+    pub declared_dead: Vec<WorkerId>,
+    /// The queues read and reconciled this round (the others had not changed).
+    pub reconciled: Vec<QueueId>,
+    /// How many changes were applied, per queue.
+    pub applied: BTreeMap<QueueId, usize>,
+    /// How many planned changes the store skipped (their rows had moved on).
+    pub skipped: usize,
+    /// Queues that could not be reconciled, with the reason.
+    pub failed: Vec<(QueueId, String)>,
+}
+
+/// Runs a full round now (every queue re-evaluated), as an operator's "rebalance" would, and
+/// answers with its report; `None` when this process does not lead or a round is under way.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<RoundReport>")]
+pub struct RunRound;
+
+/// What the coordinator remembers between rounds.
+#[derive(Debug, Default)]
+struct Memory {
+    cooldowns: BTreeMap<QueueId, Cooldowns>,
+    flaps: FlapHistory,
+    /// Live membership as last seen: who, which session, which status, which queues.
+    membership: Vec<(WorkerId, SessionEpoch, WorkerStatus, Vec<Subscription>)>,
+    held_back: BTreeSet<WorkerId>,
+    /// Each queue's assignment version when last read, and the load of its target per worker
+    /// (its current owners' counts when it could not be allocated). An unchanged version means
+    /// unchanged rows and an unchanged target.
+    versions: BTreeMap<QueueId, u64>,
+    loads: BTreeMap<QueueId, BTreeMap<WorkerId, u64>>,
+    /// Queues with a revocation under way: re-evaluated every round until it settles.
+    revoking: BTreeSet<QueueId>,
+}
+
+/// Reconciles every queue while this process leads.
+///
+/// On every `reconcile_interval` tick it: declares dead the workers whose lease ran out on the
+/// store's clock (holding back those that flap, per [`FlapPolicy`]); re-reads the queues whose
+/// assignment version moved, all of them when the live membership changed, those with a
+/// revocation under way, and every queue each `full_reevaluation_interval`; asks its allocator
+/// for each such queue's target; and applies the planned changes fenced by its term. A write
+/// that comes back fenced stops it at once and tells the election to step down.
+pub struct Coordinator {
+    store: Arc<dyn Store>,
+    config: ClusterConfig,
+    flap_policy: FlapPolicy,
+    allocator: Recipient<Allocate>,
+    election: Option<Recipient<StepDown>>,
+    fence: Option<CoordinatorFence>,
+    /// `None` while a round runs: the round owns it.
+    memory: Option<Memory>,
+    last_full: Option<Instant>,
+}
+
+impl Coordinator {
+    /// A coordinator over `store` that asks `allocator` for targets. It acts only between a
+    /// [`LeadershipChanged::BecameLeader`] and the next
+    /// [`LeadershipChanged::LostLeadership`]; subscribe it to a
+    /// [`LeaderElection`](super::LeaderElection).
+    pub fn new(store: Arc<dyn Store>, config: ClusterConfig, allocator: Recipient<Allocate>) -> Self {
+        Self {
+            store,
+            config,
+            flap_policy: FlapPolicy::default(),
+            allocator,
+            election: None,
+            fence: None,
+            memory: Some(Memory::default()),
+            last_full: None,
+        }
+    }
+
+    /// Tells `election` to step down when a write comes back fenced.
+    #[must_use]
+    pub fn with_election(mut self, election: Recipient<StepDown>) -> Self {
+        self.election = Some(election);
+        self
+    }
+
+    /// Uses `policy` to hold back flapping workers.
+    #[must_use]
+    pub fn with_flap_policy(mut self, policy: FlapPolicy) -> Self {
+        self.flap_policy = policy;
+        self
+    }
+
+    /// Starts a round if leading and none is under way; the future answers its report.
+    fn start_round(
+        &mut self,
+        force_full: bool,
+    ) -> Option<impl ActorFuture<Self, Output = Option<RoundReport>> + use<>> {
+        let fence = self.fence.clone()?;
+        let memory = self.memory.take()?;
+        let full = force_full
+            || self.last_full.is_none_or(|at| at.elapsed() >= self.config.full_reevaluation_interval);
+        if full {
+            self.last_full = Some(Instant::now());
+        }
+        let round = run_round(
+            Arc::clone(&self.store),
+            self.config.clone(),
+            self.flap_policy,
+            self.allocator.clone(),
+            fence.clone(),
+            memory,
+            full,
+        );
+        Some(round.into_actor(self).map(move |(memory, result), act, _| {
+            act.memory = Some(memory);
+            match result {
+                Ok(report) => Some(report),
+                Err(err) => {
+                    if err.is_fenced() {
+                        tracing::warn!(term = fence.term.0, error = %err, "coordinator write fenced, stepping down");
+                        if act.fence.as_ref() == Some(&fence) {
+                            act.fence = None;
+                        }
+                        if let Some(election) = &act.election {
+                            election.do_send(StepDown { term: fence.term });
+                        }
+                    } else {
+                        tracing::warn!(error = %err, "reconciliation round failed");
+                    }
+                    None
+                }
+            }
+        }))
+    }
+}
+
+impl Actor for Coordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.config.reconcile_interval, |act, ctx| {
+            if let Some(round) = act.start_round(false) {
+                ctx.spawn(round.map(|_, _, _| ()));
+            }
+        });
+    }
+}
+
+impl Handler<LeadershipChanged> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeadershipChanged, _: &mut Self::Context) {
+        match msg {
+            LeadershipChanged::BecameLeader { fence } => {
+                tracing::info!(term = fence.term.0, "coordinating");
+                self.fence = Some(fence);
+                // A new term starts from what the store says, not from what an earlier term saw.
+                self.last_full = None;
+                if let Some(memory) = self.memory.as_mut() {
+                    memory.versions.clear();
+                }
+            }
+            LeadershipChanged::LostLeadership { term } => {
+                if self.fence.as_ref().is_some_and(|f| f.term == term) {
+                    tracing::info!(term = term.0, "stopped coordinating");
+                    self.fence = None;
+                }
+            }
+        }
+    }
+}
+
+impl Handler<RunRound> for Coordinator {
+    type Result = ResponseActFuture<Self, Option<RoundReport>>;
+
+    fn handle(&mut self, _: RunRound, _: &mut Self::Context) -> Self::Result {
+        match self.start_round(true) {
+            Some(round) => Box::pin(round),
+            None => Box::pin(actix::fut::ready(None)),
+        }
+    }
+}
+
+/// One round, off the actor: reads, decides, writes. Returns the memory with the result so the
+/// actor gets it back even when the round fails.
+async fn run_round(
+    store: Arc<dyn Store>,
+    config: ClusterConfig,
+    flap_policy: FlapPolicy,
+    allocator: Recipient<Allocate>,
+    fence: CoordinatorFence,
+    mut memory: Memory,
+    full: bool,
+) -> (Memory, Result<RoundReport, StoreError>) {
+    let result = round(&*store, &config, &flap_policy, &allocator, &fence, &mut memory, full).await;
+    (memory, result)
+}
+
+async fn round(
+    store: &dyn Store,
+    config: &ClusterConfig,
+    flap_policy: &FlapPolicy,
+    allocator: &Recipient<Allocate>,
+    fence: &CoordinatorFence,
+    memory: &mut Memory,
+    full: bool,
+) -> Result<RoundReport, StoreError> {
+    let mut report = RoundReport::default();
+
+    // Failure detection, on the store's clock.
+    let expired: Vec<WorkerId> =
+        store.list_workers(WorkerFilter::Expired).await?.iter().map(|w| w.id).collect();
+    let now = store.now().await?;
+    if !expired.is_empty() {
+        report.declared_dead = store.mark_workers_dead(fence, &expired).await?;
+        for worker in &report.declared_dead {
+            tracing::info!(worker = %worker, term = fence.term.0, "worker declared dead");
+            memory.flaps.record_death(*worker, now);
+        }
+    }
+    memory.flaps.prune(now, flap_policy);
+
+    let live = store.list_workers(WorkerFilter::Live).await?;
+    let membership: Vec<_> =
+        live.iter().map(|w| (w.id, w.session_epoch, w.status, w.subscriptions.clone())).collect();
+    let held_back: BTreeSet<WorkerId> =
+        live.iter().map(|w| w.id).filter(|w| memory.flaps.is_held_back(*w, now, flap_policy)).collect();
+    let membership_changed = membership != memory.membership || held_back != memory.held_back;
+    memory.membership = membership;
+    memory.held_back = held_back;
+
+    let queues: Vec<QueueRecord> = store.list_queues(None).await?;
+    let known: BTreeSet<QueueId> = queues.iter().map(|q| q.id).collect();
+    memory.versions.retain(|q, _| known.contains(q));
+    memory.loads.retain(|q, _| known.contains(q));
+    memory.cooldowns.retain(|q, _| known.contains(q));
+    memory.revoking.retain(|q| known.contains(q));
+
+    for queue in &queues {
+        let changed = memory.versions.get(&queue.id) != Some(&queue.assignment_version);
+        if !(full || membership_changed || changed || memory.revoking.contains(&queue.id)) {
+            continue;
+        }
+        report.reconciled.push(queue.id);
+        let read = store.assignments(queue.id).await?;
+        let mut loads: BTreeMap<WorkerId, u64> = BTreeMap::new();
+        for owner in read.rows.iter().filter_map(|r| r.owner) {
+            *loads.entry(owner).or_default() += 1;
+        }
+        memory.versions.insert(queue.id, read.assignment_version);
+        memory.loads.insert(queue.id, loads);
+        let mut other_load: BTreeMap<WorkerId, u64> = BTreeMap::new();
+        for (_, counts) in memory.loads.iter().filter(|(q, _)| **q != queue.id) {
+            for (worker, count) in counts {
+                *other_load.entry(*worker).or_default() += count;
+            }
+        }
+        let cooldowns = memory.cooldowns.entry(queue.id).or_default();
+        cooldowns.prune(now);
+        let input = ReconcileInput {
+            queue,
+            rows: &read.rows,
+            live_workers: &live,
+            held_back: &memory.held_back,
+            other_load: &other_load,
+            cooldowns,
+            now,
+            revoke_timeout: config.revoke_timeout,
+        };
+        let request = match allocation_request(&input) {
+            Ok(request) => request,
+            Err(err) => {
+                report.failed.push((queue.id, err.to_string()));
+                continue;
+            }
+        };
+        let allocation = match allocator.send(Allocate(request)).await {
+            Ok(Ok(allocation)) => allocation,
+            Ok(Err(err)) => {
+                report.failed.push((queue.id, err.to_string()));
+                continue;
+            }
+            Err(err) => {
+                report.failed.push((queue.id, format!("allocator unavailable: {err}")));
+                continue;
+            }
+        };
+        // Other queues balance against this queue's target, not its current owners: while
+        // handoffs are in flight the current owners lag behind, and balancing against them
+        // makes queues undo each other's choices round after round.
+        let mut target_loads: BTreeMap<WorkerId, u64> = BTreeMap::new();
+        for owner in allocation.assignment.iter().filter_map(|(_, owner)| owner) {
+            *target_loads.entry(owner).or_default() += 1;
+        }
+        let plan = plan_towards(&input, &allocation.assignment);
+        let revoking_after = read.rows.iter().any(|r| r.state == AssignmentState::Revoking)
+            || plan.changes.iter().any(|c| matches!(c, helix_core::planner::PlanChange::Revoke { .. }));
+        if revoking_after {
+            memory.revoking.insert(queue.id);
+        } else {
+            memory.revoking.remove(&queue.id);
+        }
+        memory.loads.insert(queue.id, target_loads);
+        if plan.is_empty() {
+            continue;
+        }
+        let outcome = store.apply_plan(fence, queue.id, &plan.changes).await?;
+        tracing::debug!(
+            queue = %queue.id,
+            applied = outcome.applied,
+            skipped = outcome.skipped.len(),
+            version = outcome.assignment_version,
+            "plan applied"
+        );
+        cooldowns.record_timeouts(&plan, now, config.revoke_cooldown);
+        report.applied.insert(queue.id, outcome.applied);
+        report.skipped += outcome.skipped.len();
+        // The rows changed: read them again next round for exact loads.
+        memory.versions.remove(&queue.id);
+    }
+    Ok(report)
+}

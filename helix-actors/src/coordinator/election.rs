@@ -1,0 +1,222 @@
+//! The LeaderElection actor: takes and keeps the cluster's coordinator lease, and says when
+//! this process becomes or stops being the leader (DESIGN §4.3, `docs/protocol.md`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use helix_core::{ClusterConfig, ClusterName, Term, WorkerId};
+use helix_store::{CoordinatorFence, Store, StoreError};
+use tokio::time::Instant;
+
+/// A change of this process's leadership, sent to the election's subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub enum LeadershipChanged {
+    /// This process holds the lease under `fence.term` and may act as coordinator, fencing
+    /// every write with `fence`.
+    BecameLeader {
+        /// The claim to present with every coordinator write.
+        fence: CoordinatorFence,
+    },
+    /// This process must stop acting as coordinator at once.
+    LostLeadership {
+        /// The term it held.
+        term: Term,
+    },
+}
+
+/// Tells the election that a write under `term` came back fenced: leadership is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct StepDown {
+    /// The term the fenced write was made under.
+    pub term: Term,
+}
+
+/// Gives the lease up (if held) and stops the election, so another process can take over at
+/// once instead of waiting for the lease to run out.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Resign;
+
+/// Asks the election for the fence it holds, if it leads.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<CoordinatorFence>")]
+pub struct CurrentFence;
+
+/// Takes and keeps the coordinator lease of one cluster.
+///
+/// Every `coordinator_renew_interval` a follower tries to acquire the lease and the leader
+/// renews it. The leader notes the instant *before* each renewal is sent and trusts itself
+/// only until that instant plus `coordinator_lease` minus `safety_margin`, on its own
+/// monotonic clock: a timer set at that deadline steps it down if no renewal moved the
+/// deadline on, so it has stopped acting before the lease can run out on the database's
+/// clock and another process be elected. A renewal that fails, or a [`StepDown`] after a
+/// fenced write, steps it down at once. Stopping the actor releases the lease so another
+/// process can take over without waiting for it to run out.
+pub struct LeaderElection {
+    store: Arc<dyn Store>,
+    cluster: ClusterName,
+    me: WorkerId,
+    config: ClusterConfig,
+    subscriber: Recipient<LeadershipChanged>,
+    leading: Option<Leading>,
+    in_flight: bool,
+}
+
+struct Leading {
+    fence: CoordinatorFence,
+    trusted_until: Instant,
+}
+
+impl LeaderElection {
+    /// An election for `cluster` on behalf of the process `me`, telling `subscriber` of every
+    /// change of leadership.
+    pub fn new(
+        store: Arc<dyn Store>,
+        cluster: ClusterName,
+        me: WorkerId,
+        config: ClusterConfig,
+        subscriber: Recipient<LeadershipChanged>,
+    ) -> Self {
+        Self { store, cluster, me, config, subscriber, leading: None, in_flight: false }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight {
+            return;
+        }
+        self.in_flight = true;
+        let store = Arc::clone(&self.store);
+        let lease = self.config.coordinator_lease;
+        let sent = Instant::now();
+        match &self.leading {
+            Some(leading) => {
+                let fence = leading.fence.clone();
+                let renewal = async move { store.renew_lease(&fence, lease).await };
+                ctx.spawn(renewal.into_actor(self).map(move |result, act, ctx| {
+                    act.in_flight = false;
+                    act.renewed(result, sent, ctx);
+                }));
+            }
+            None => {
+                let (cluster, me) = (self.cluster.clone(), self.me);
+                let acquisition = async move { store.acquire_lease(&cluster, me, lease).await };
+                ctx.spawn(acquisition.into_actor(self).map(move |result, act, ctx| {
+                    act.in_flight = false;
+                    act.acquired(result, sent, ctx);
+                }));
+            }
+        }
+    }
+
+    fn acquired(&mut self, result: Result<Option<Term>, StoreError>, sent: Instant, ctx: &mut Context<Self>) {
+        match result {
+            Ok(Some(term)) if self.leading.is_none() => {
+                let fence = CoordinatorFence { cluster: self.cluster.clone(), holder: self.me, term };
+                tracing::info!(cluster = %self.cluster, term = term.0, "became leader");
+                self.leading = Some(Leading { fence: fence.clone(), trusted_until: sent });
+                self.extend_trust(sent, ctx);
+                self.subscriber.do_send(LeadershipChanged::BecameLeader { fence });
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(cluster = %self.cluster, error = %err, "lease acquisition failed"),
+        }
+    }
+
+    fn renewed(&mut self, result: Result<(), StoreError>, sent: Instant, ctx: &mut Context<Self>) {
+        match result {
+            Ok(()) => self.extend_trust(sent, ctx),
+            Err(err) => {
+                tracing::warn!(cluster = %self.cluster, error = %err, "lease renewal failed");
+                self.step_down();
+            }
+        }
+    }
+
+    /// After a successful acquisition or renewal sent at `sent`: trust the lease until
+    /// `sent + lease - margin`, and check again at that instant.
+    fn extend_trust(&mut self, sent: Instant, ctx: &mut Context<Self>) {
+        let Some(leading) = self.leading.as_mut() else {
+            return;
+        };
+        let trusted_until = sent + self.config.coordinator_lease.saturating_sub(self.config.safety_margin);
+        if trusted_until <= leading.trusted_until {
+            return;
+        }
+        leading.trusted_until = trusted_until;
+        let term = leading.fence.term;
+        ctx.run_later(trusted_until.saturating_duration_since(Instant::now()), move |act, _| {
+            let expired = act
+                .leading
+                .as_ref()
+                .is_some_and(|l| l.fence.term == term && Instant::now() >= l.trusted_until);
+            if expired {
+                tracing::warn!(term = term.0, "lease not renewed in time, stepping down");
+                act.step_down();
+            }
+        });
+    }
+
+    fn step_down(&mut self) {
+        if let Some(leading) = self.leading.take() {
+            tracing::info!(cluster = %self.cluster, term = leading.fence.term.0, "lost leadership");
+            self.subscriber.do_send(LeadershipChanged::LostLeadership { term: leading.fence.term });
+        }
+    }
+}
+
+impl Actor for LeaderElection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.tick(ctx);
+        ctx.run_interval(self.config.coordinator_renew_interval, |act, ctx| act.tick(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(leading) = self.leading.take() {
+            self.subscriber.do_send(LeadershipChanged::LostLeadership { term: leading.fence.term });
+            let store = Arc::clone(&self.store);
+            // Best effort: a lease that is not released runs out on its own.
+            actix::spawn(async move {
+                if let Err(err) = store.release_lease(&leading.fence).await {
+                    tracing::warn!(error = %err, "could not release the coordinator lease");
+                }
+            });
+        }
+    }
+}
+
+impl Handler<StepDown> for LeaderElection {
+    type Result = ();
+
+    fn handle(&mut self, msg: StepDown, _: &mut Self::Context) {
+        if self.leading.as_ref().is_some_and(|l| l.fence.term == msg.term) {
+            self.step_down();
+        }
+    }
+}
+
+impl Handler<Resign> for LeaderElection {
+    type Result = ();
+
+    fn handle(&mut self, _: Resign, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<CurrentFence> for LeaderElection {
+    type Result = Option<CoordinatorFence>;
+
+    fn handle(&mut self, _: CurrentFence, _: &mut Self::Context) -> Self::Result {
+        self.leading.as_ref().filter(|l| Instant::now() < l.trusted_until).map(|l| l.fence.clone())
+    }
+}
+
+/// How long after the leader stops renewing another process can take over, at most: the
+/// lease itself plus one renewal interval for the follower's next attempt.
+pub fn takeover_bound(config: &ClusterConfig) -> Duration {
+    config.coordinator_lease + config.coordinator_renew_interval
+}

@@ -1,0 +1,428 @@
+//! The public API in the user's terms: a [`CoordinatorNode`] that takes part in the election
+//! and assigns partitions while it leads, and a [`Worker`] that serves queues with the user's
+//! [`PartitionHandler`].
+//!
+//! Both run on the actix system of the calling thread (start them inside `#[actix::main]`,
+//! `#[actix::test]` or an `actix_rt::System`), over any [`Store`].
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use async_trait::async_trait;
+//! use helix_actors::client::Client;
+//! use helix_actors::node::{CoordinatorNode, Worker};
+//! use helix_actors::worker::{HandlerError, PartitionContext, PartitionHandler};
+//! use helix_core::ClusterConfig;
+//!
+//! struct Orders;
+//!
+//! #[async_trait(?Send)]
+//! impl PartitionHandler for Orders {
+//!     async fn assigned(&mut self, ctx: &PartitionContext) -> Result<(), HandlerError> {
+//!         println!("serving partition {} at epoch {}", ctx.partition, ctx.epoch);
+//!         Ok(())
+//!     }
+//!     async fn revoked(&mut self, _ctx: &PartitionContext) {}
+//! }
+//!
+//! #[actix::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // `sqlite:///var/lib/app/helix.db` or `mysql://user:password@host/db` in real use.
+//!     let client = Client::connect("memory://").await?;
+//!     let queue = client.ensure_queue("domain_order", "food_order", 8).await?;
+//!     let config = ClusterConfig::default();
+//!
+//!     let coordinator = CoordinatorNode::new(client.store(), config.clone()).start()?;
+//!     let worker = Worker::builder(client.store(), config)
+//!         .serve(queue.id, 1)
+//!         .label("zone", "eu-1")
+//!         .handler_fn(|_ctx| Box::new(Orders))
+//!         .start()
+//!         .await?;
+//!
+//!     // The coordinator grants the worker every partition within a few reconcile ticks.
+//!     for _ in 0..100 {
+//!         if client.partition_map(queue.id).await?.is_settled() {
+//!             break;
+//!         }
+//!         tokio::time::sleep(Duration::from_millis(100)).await;
+//!     }
+//!     assert_eq!(client.partition_map(queue.id).await?.counts().get(&worker.id()), Some(&8));
+//!
+//!     // ... until asked to stop:
+//!     worker.leave().await?;
+//!     coordinator.stop().await;
+//!     Ok(())
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use helix_core::{ClusterConfig, ClusterName, ConfigError, QueueId, WorkerId};
+use helix_store::{Store, StoreError, Subscription, WorkerRegistration};
+use tokio::sync::oneshot;
+
+use crate::coordinator::{
+    Allocate, Coordinator, CurrentFence, LeaderElection, LeadershipChanged, Resign, RoundReport, RunRound,
+    StrategyAllocator,
+};
+use crate::worker::{
+    GetStatus, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler, WorkerSession,
+    WorkerStatusReport,
+};
+
+/// Why a node could not be started or could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The cluster configuration is inconsistent; fix the configuration.
+    #[error("invalid cluster configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The node was asked for something that cannot work (no handler, no queue served, a
+    /// capacity out of range).
+    #[error("invalid node: {0}")]
+    Invalid(String),
+    /// A store operation failed (for example a served queue that does not exist).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The node's actor has stopped (it left, was killed or was stopped).
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl From<MailboxError> for NodeError {
+    fn from(_: MailboxError) -> Self {
+        Self::Stopped
+    }
+}
+
+/// A coordinator node: takes part in the election of the cluster's coordinator and, while
+/// it holds the lease, reconciles every queue (see [`Coordinator`]). Every process may run
+/// one; only the lease holder acts.
+///
+/// It wires a [`LeaderElection`], a [`Coordinator`] and an allocator (by default a
+/// [`StrategyAllocator`]; any actor answering [`Allocate`] can be plugged in with
+/// [`with_allocator`](Self::with_allocator)).
+pub struct CoordinatorNode {
+    store: Arc<dyn Store>,
+    config: ClusterConfig,
+    cluster: ClusterName,
+    id: WorkerId,
+    allocator: Option<Recipient<Allocate>>,
+}
+
+impl CoordinatorNode {
+    /// A node of the default cluster (`helix`) with a fresh UUID v7 identity and the default
+    /// allocator.
+    pub fn new(store: Arc<dyn Store>, config: ClusterConfig) -> Self {
+        Self { store, config, cluster: ClusterName::default(), id: WorkerId::new_v7(), allocator: None }
+    }
+
+    /// The same node in another cluster (clusters sharing a database elect separately).
+    pub fn cluster(mut self, cluster: ClusterName) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The same node with another identity in the election.
+    pub fn id(mut self, id: WorkerId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// The same node asking `allocator` for every queue's target instead of the
+    /// [`StrategyAllocator`].
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// use actix::prelude::*;
+    /// use helix_actors::coordinator::{Allocate, AllocateError, StrategyAllocator};
+    /// use helix_actors::node::CoordinatorNode;
+    /// use helix_core::ClusterConfig;
+    /// use helix_core::allocation::Allocation;
+    ///
+    /// /// Logs every request, then lets the default strategies answer.
+    /// struct Logged(Recipient<Allocate>);
+    ///
+    /// impl Actor for Logged {
+    ///     type Context = Context<Self>;
+    /// }
+    ///
+    /// impl Handler<Allocate> for Logged {
+    ///     type Result = ResponseFuture<Result<Allocation, AllocateError>>;
+    ///     fn handle(&mut self, request: Allocate, _: &mut Context<Self>) -> Self::Result {
+    ///         println!("allocating {} partitions", request.0.current.len());
+    ///         let inner = self.0.clone();
+    ///         Box::pin(async move {
+    ///             inner.send(request).await.unwrap_or_else(|_| Err(AllocateError::UnknownAllocator("gone".into())))
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// # fn run(store: Arc<dyn helix_store::Store>) -> Result<(), helix_actors::node::NodeError> {
+    /// let allocator = Logged(StrategyAllocator.start().recipient()).start();
+    /// let node = CoordinatorNode::new(store, ClusterConfig::default())
+    ///     .with_allocator(allocator.recipient())
+    ///     .start()?;
+    /// # let _ = node; Ok(()) }
+    /// ```
+    pub fn with_allocator(mut self, allocator: Recipient<Allocate>) -> Self {
+        self.allocator = Some(allocator);
+        self
+    }
+
+    /// Validates the configuration and starts the election, the coordinator and (unless one
+    /// was plugged in) the default allocator on the current arbiter.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] when the configuration does not validate.
+    pub fn start(self) -> Result<CoordinatorHandle, NodeError> {
+        self.config.validate()?;
+        let Self { store, config, cluster, id, allocator } = self;
+        let allocator = allocator.unwrap_or_else(|| StrategyAllocator.start().recipient());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let mut election = None;
+        let coordinator = Coordinator::create(|ctx| {
+            let started = LeaderElection::new(
+                Arc::clone(&store),
+                cluster.clone(),
+                id,
+                config.clone(),
+                ctx.address().recipient::<LeadershipChanged>(),
+            )
+            .start();
+            election = Some(started.clone());
+            // The coordinator's timer keeps it alive; this is how `stop` ends it.
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Coordinator>(stop_rx)
+                    .map(|_, _, ctx: &mut Context<Coordinator>| ctx.stop()),
+            );
+            Coordinator::new(Arc::clone(&store), config, allocator).with_election(started.recipient())
+        });
+        let election = election.ok_or(NodeError::Stopped)?;
+        tracing::info!(cluster = %cluster, node = %id, "coordinator node started");
+        Ok(CoordinatorHandle { id, cluster, store, coordinator, election, stop: Some(stop_tx) })
+    }
+}
+
+/// A running [`CoordinatorNode`].
+///
+/// Dropping the handle leaves the node running; call [`stop`](Self::stop) to end it.
+pub struct CoordinatorHandle {
+    id: WorkerId,
+    cluster: ClusterName,
+    store: Arc<dyn Store>,
+    coordinator: Addr<Coordinator>,
+    election: Addr<LeaderElection>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl CoordinatorHandle {
+    /// The node's identity in the election.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// The coordinator actor, for sending it messages directly.
+    pub fn coordinator(&self) -> &Addr<Coordinator> {
+        &self.coordinator
+    }
+
+    /// Whether this node holds the lease now and trusts it on its own clock.
+    pub async fn is_leader(&self) -> bool {
+        matches!(self.election.send(CurrentFence).await, Ok(Some(_)))
+    }
+
+    /// Runs a full reconciliation round now, instead of waiting for the next tick; `None`
+    /// when this node does not lead or a round is already under way.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`] when the node has stopped.
+    pub async fn rebalance(&self) -> Result<Option<RoundReport>, NodeError> {
+        Ok(self.coordinator.send(RunRound).await?)
+    }
+
+    /// Gives the lease up (so another node can take over at once instead of waiting for it to
+    /// run out) and stops the node. Waits up to one renewal interval for the release to reach
+    /// the store; when it does not, the lease simply runs out.
+    pub async fn stop(mut self) {
+        // An error means the election has already stopped.
+        let _ = self.election.send(Resign).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline {
+            match self.store.get_lease(&self.cluster).await {
+                Ok(Some(lease)) if lease.holder == Some(self.id) && !lease.expired => {}
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(cluster = %self.cluster, node = %self.id, "coordinator node stopped");
+    }
+}
+
+/// A worker process's membership: serves some queues with the user's handler.
+///
+/// Build one with [`Worker::builder`].
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// A builder for a worker over `store` with the cluster's `config`.
+    pub fn builder(store: Arc<dyn Store>, config: ClusterConfig) -> WorkerBuilder {
+        WorkerBuilder {
+            store,
+            config,
+            id: WorkerId::new_v7(),
+            host: default_host(),
+            labels: BTreeMap::new(),
+            subscriptions: Vec::new(),
+            factory: None,
+        }
+    }
+}
+
+/// The host name a worker registers with: `$HOSTNAME` (or `$COMPUTERNAME`), else
+/// `localhost`.
+fn default_host() -> String {
+    ["HOSTNAME", "COMPUTERNAME"]
+        .iter()
+        .find_map(|key| std::env::var(key).ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Builds a [`WorkerHandle`]: which queues to serve, with which labels and handler.
+pub struct WorkerBuilder {
+    store: Arc<dyn Store>,
+    config: ClusterConfig,
+    id: WorkerId,
+    host: String,
+    labels: BTreeMap<String, String>,
+    subscriptions: Vec<Subscription>,
+    factory: Option<HandlerFactory>,
+}
+
+impl WorkerBuilder {
+    /// Serves the queue `queue` with the weight `capacity` (1 or more: a worker of capacity 2
+    /// gets about twice the partitions of one of capacity 1). Serving a queue twice keeps the
+    /// last capacity.
+    pub fn serve(mut self, queue: QueueId, capacity: u32) -> Self {
+        self.subscriptions.retain(|s| s.queue_id != queue);
+        self.subscriptions.push(Subscription { queue_id: queue, capacity });
+        self
+    }
+
+    /// Adds the label `key = value` (allocators may use labels, for example a zone).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Registers under `id` instead of a fresh UUID v7.
+    pub fn id(mut self, id: WorkerId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Registers with `host` instead of `$HOSTNAME` (or `localhost`).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// Creates each partition's handler with `factory`.
+    pub fn handler(mut self, factory: HandlerFactory) -> Self {
+        self.factory = Some(factory);
+        self
+    }
+
+    /// Creates each partition's handler with the closure `make`.
+    pub fn handler_fn<F>(self, make: F) -> Self
+    where
+        F: Fn(&PartitionContext) -> Box<dyn PartitionHandler> + Send + Sync + 'static,
+    {
+        self.handler(Arc::new(make))
+    }
+
+    /// Validates the worker, checks that every served queue exists and starts the worker
+    /// session on the current arbiter; it registers at once.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] for an invalid configuration, [`NodeError::Invalid`] without a
+    /// handler, without a queue to serve or for a capacity of 0, [`NodeError::Store`] when a
+    /// served queue cannot be read (`NotFound` when it does not exist).
+    pub async fn start(self) -> Result<WorkerHandle, NodeError> {
+        self.config.validate()?;
+        let factory = self.factory.ok_or_else(|| NodeError::Invalid("no handler was given".into()))?;
+        if self.subscriptions.is_empty() {
+            return Err(NodeError::Invalid("the worker serves no queue".into()));
+        }
+        if let Some(zero) = self.subscriptions.iter().find(|s| s.capacity == 0) {
+            return Err(NodeError::Invalid(format!("capacity 0 for queue {}", zero.queue_id)));
+        }
+        for subscription in &self.subscriptions {
+            self.store.get_queue_by_id(subscription.queue_id).await?;
+        }
+        let registration = WorkerRegistration {
+            id: self.id,
+            host: self.host,
+            pid: std::process::id(),
+            labels: self.labels,
+            subscriptions: self.subscriptions,
+            session_timeout: self.config.session_timeout,
+        };
+        let session = WorkerSession::new(self.store, self.config, registration, factory).start();
+        tracing::info!(worker = %self.id, "worker started");
+        Ok(WorkerHandle { id: self.id, session })
+    }
+}
+
+/// A running worker.
+///
+/// Dropping the handle leaves the worker running (its timers keep it alive); end it with
+/// [`leave`](Self::leave) or [`kill`](Self::kill).
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    id: WorkerId,
+    session: Addr<WorkerSession>,
+}
+
+impl WorkerHandle {
+    /// The worker's identity.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// The worker session actor, for sending it messages directly.
+    pub fn session(&self) -> &Addr<WorkerSession> {
+        &self.session
+    }
+
+    /// What the worker is doing: its session, whether it is fenced, its partitions.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`] when the worker has stopped.
+    pub async fn status(&self) -> Result<WorkerStatusReport, NodeError> {
+        Ok(self.session.send(GetStatus).await?)
+    }
+
+    /// Leaves gracefully: drains every partition, hands over or releases them (so the
+    /// coordinator can grant them at once), deregisters and stops.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`] when the worker had already stopped.
+    pub async fn leave(self) -> Result<LeaveOutcome, NodeError> {
+        Ok(self.session.send(Leave).await?)
+    }
+
+    /// Stops the worker the way a crash would: its partitions stop at once, nothing is
+    /// written to the store, and its lease is left to run out, so the coordinator moves its
+    /// partitions about one session timeout later. For tests and demonstrations.
+    pub fn kill(self) {
+        self.session.do_send(Kill);
+    }
+}

@@ -1,0 +1,705 @@
+//! The worker session: one lease per process, its partitions, self-fencing, acknowledged
+//! handoff and graceful leave (`docs/protocol.md`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use helix_core::{ClusterConfig, DomainName, Epoch, PartitionId, QueueId, QueueName, SessionEpoch, WorkerId};
+use helix_store::{
+    AssignmentRecord, AssignmentState, EventKind, Heartbeat, NewEvent, QueueRecord, Store, StoreError,
+    StoreResult, WorkerRegistration, WorkerStatus,
+};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::handler::{HandlerFactory, PartitionContext};
+use super::partition::{Drain, PartitionActor, PartitionFailure, Stop};
+
+/// A partition of a queue.
+pub type PartitionKey = (QueueId, PartitionId);
+
+/// How the session restarts a partition whose handler failed (an error or a panic in
+/// `assigned`): after `initial_backoff`, doubling up to `max_backoff`; after `max_failures`
+/// failures within `window` the partition is marked failed — a `PartitionFailed` event is
+/// recorded and the partition stays stopped in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// The wait before the first restart. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// The longest wait between restarts. Default 10 s.
+    pub max_backoff: Duration,
+    /// How many failures within `window` make the partition failed. Default 5.
+    pub max_failures: usize,
+    /// The window failures are counted in. Default 60 s.
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_failures: 5,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before the restart that follows the `failures`-th failure (1-based).
+    fn backoff(&self, failures: usize) -> Duration {
+        let exponent = u32::try_from(failures.saturating_sub(1)).unwrap_or(u32::MAX).min(30);
+        self.initial_backoff.saturating_mul(1 << exponent).min(self.max_backoff)
+    }
+}
+
+/// Where an owned partition stands in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionState {
+    /// Its handler runs.
+    Running,
+    /// Its handler failed and restarts after a backoff.
+    Backoff,
+    /// It is being drained and handed over (or released).
+    Draining,
+    /// It was drained but the handoff did not reach the store; retried on the next poll.
+    Stopped,
+    /// Its handler failed too often; it stays stopped (see [`RestartPolicy`]).
+    Failed,
+}
+
+/// One owned partition in a [`WorkerStatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// The queue.
+    pub queue: QueueId,
+    /// The partition.
+    pub partition: PartitionId,
+    /// The epoch it is owned at.
+    pub epoch: Epoch,
+    /// Where it stands.
+    pub state: PartitionState,
+}
+
+/// What a [`WorkerSession`] is doing, for tests and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStatusReport {
+    /// The worker.
+    pub worker: WorkerId,
+    /// The current session, `None` while unregistered (before registration, after the session
+    /// was lost until it registers again, after leaving).
+    pub session_epoch: Option<SessionEpoch>,
+    /// Whether the worker is fenced: it has no lease it can trust on its own clock, so it runs
+    /// no partition.
+    pub fenced: bool,
+    /// Whether it is leaving.
+    pub leaving: bool,
+    /// The partitions it knows it owns, sorted by (queue, partition).
+    pub partitions: Vec<PartitionStatus>,
+}
+
+impl WorkerStatusReport {
+    /// The partitions whose handler runs, with their epochs.
+    pub fn running(&self) -> Vec<(QueueId, PartitionId, Epoch)> {
+        self.partitions
+            .iter()
+            .filter(|p| p.state == PartitionState::Running)
+            .map(|p| (p.queue, p.partition, p.epoch))
+            .collect()
+    }
+}
+
+/// Asks a [`WorkerSession`] for its [`WorkerStatusReport`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "WorkerStatusReport")]
+pub struct GetStatus;
+
+/// Asks a [`WorkerSession`] to leave gracefully (docs/protocol.md, "Graceful leave"): mark
+/// itself DRAINING, drain every partition, hand over the revoking ones and release the
+/// others (so the coordinator can grant them at once), deregister, and stop. If the actor is
+/// stopped from inside (`Actor::stopping`), it leaves the same way first. A second `Leave`
+/// while one is under way answers at once with an empty outcome.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "LeaveOutcome")]
+pub struct Leave;
+
+/// Stops a [`WorkerSession`] at once, the way a crash would: every partition actor is stopped
+/// without a drain, nothing is written to the store (no DRAINING mark, no release, no
+/// deregistration) and the session actor stops. The worker's lease is left to run out in the
+/// store, so the coordinator moves its partitions only after the session timeout — what a
+/// `SIGKILL` does to a worker process. For tests and demonstrations; use [`Leave`] otherwise.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Kill;
+
+/// What a graceful leave did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaveOutcome {
+    /// The partitions released (no owner now, coordinator grants them elsewhere).
+    pub released: Vec<PartitionKey>,
+    /// The partitions handed over to the target of their revocation.
+    pub handed_off: Vec<PartitionKey>,
+    /// Whether the deregistration reached the store; when it did not, the lease simply expires.
+    pub deregistered: bool,
+}
+
+struct Slot {
+    epoch: Epoch,
+    generation: u64,
+    actor: Option<Addr<PartitionActor>>,
+    state: PartitionState,
+}
+
+/// The session of one worker process (DESIGN §4–§5): registers, heartbeats, fences itself,
+/// polls its assignments, runs one [`PartitionHandler`](super::PartitionHandler) per owned
+/// partition in a supervised child actor, hands revoked partitions over after draining them,
+/// and leaves gracefully when stopped.
+///
+/// Guarantees, on the worker's monotonic clock:
+/// - **Self-fencing.** The instant `sent` is taken before each heartbeat; after a renewal the
+///   worker runs partitions only until `sent + session_timeout − safety_margin`. If no renewal
+///   moved that instant, every partition is stopped there, before the store can find the
+///   lease expired.
+/// - **A lost session stops everything.** A heartbeat answered `Expired`, `Superseded`,
+///   `Deregistered` or `Unknown` stops every partition at once, then the worker registers
+///   again under a new session epoch.
+/// - **Acknowledged handoff.** A partition the coordinator marked `REVOKING` is drained
+///   (`revoked`, at most `drain_timeout`) and then handed over with one epoch-fenced update.
+///
+/// Heartbeats and polls run every `heartbeat_interval`; each never overlaps itself. Store
+/// errors are logged and the step is tried again on the next tick; self-fencing still applies.
+/// The session and its partition actors run on the arbiter that started the session. Its
+/// timers keep it alive when every address is dropped: send [`Leave`] to stop it.
+pub struct WorkerSession {
+    store: Arc<dyn Store>,
+    config: ClusterConfig,
+    registration: WorkerRegistration,
+    factory: HandlerFactory,
+    policy: RestartPolicy,
+    session: Option<SessionEpoch>,
+    fenced_at: Option<Instant>,
+    fence_timer: Option<SpawnHandle>,
+    lease_busy: bool,
+    poll_busy: bool,
+    leaving: bool,
+    left: bool,
+    slots: BTreeMap<PartitionKey, Slot>,
+    failures: BTreeMap<PartitionKey, VecDeque<Instant>>,
+    failed: BTreeSet<PartitionKey>,
+    /// The epoch each partition was last handed over at: a poll read before the handoff
+    /// committed must not start it again.
+    given_up: BTreeMap<PartitionKey, Epoch>,
+    queues: BTreeMap<QueueId, (DomainName, QueueName)>,
+    next_generation: u64,
+}
+
+impl WorkerSession {
+    /// A session for the worker described by `registration` (its `session_timeout` is replaced
+    /// by `config.session_timeout`), creating handlers with `factory`. Start it with
+    /// [`Actor::start`]; it registers at once.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: ClusterConfig,
+        mut registration: WorkerRegistration,
+        factory: HandlerFactory,
+    ) -> Self {
+        registration.session_timeout = config.session_timeout;
+        Self {
+            store,
+            config,
+            registration,
+            factory,
+            policy: RestartPolicy::default(),
+            session: None,
+            fenced_at: None,
+            fence_timer: None,
+            lease_busy: false,
+            poll_busy: false,
+            leaving: false,
+            left: false,
+            slots: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            given_up: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            next_generation: 0,
+        }
+    }
+
+    /// Replaces the default [`RestartPolicy`].
+    #[must_use]
+    pub fn with_restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    fn id(&self) -> WorkerId {
+        self.registration.id
+    }
+
+    /// Whether the worker may act on its own account now.
+    fn is_fenced(&self) -> bool {
+        self.fenced_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.left {
+            return;
+        }
+        self.renew(ctx);
+        self.poll(ctx);
+    }
+
+    /// Heartbeats the current session, or registers when there is none.
+    fn renew(&mut self, ctx: &mut Context<Self>) {
+        if self.lease_busy {
+            return;
+        }
+        let Some(session) = self.session else {
+            if !self.leaving {
+                self.register(ctx);
+            }
+            return;
+        };
+        self.lease_busy = true;
+        let store = Arc::clone(&self.store);
+        let (id, timeout) = (self.id(), self.config.session_timeout);
+        // Taken before the statement is sent: the store's expiry is at least `sent + timeout`.
+        let sent = Instant::now();
+        let heartbeat = async move { store.heartbeat(id, session, timeout).await };
+        ctx.spawn(heartbeat.into_actor(self).map(move |outcome, act, ctx| {
+            act.lease_busy = false;
+            if act.session != Some(session) {
+                return;
+            }
+            match outcome {
+                Ok(Heartbeat::Renewed) => act.renewed(sent, ctx),
+                Ok(answer) => {
+                    warn!(worker = %act.id(), session_epoch = %session, ?answer, "session lost, stopping every partition");
+                    act.stop_all("session lost");
+                    act.session = None;
+                    act.fenced_at = None;
+                    if !act.leaving {
+                        act.register(ctx);
+                    }
+                }
+                Err(error) => {
+                    warn!(worker = %act.id(), session_epoch = %session, %error, "heartbeat failed");
+                }
+            }
+        }));
+    }
+
+    fn register(&mut self, ctx: &mut Context<Self>) {
+        if self.lease_busy || self.left {
+            return;
+        }
+        self.lease_busy = true;
+        let store = Arc::clone(&self.store);
+        let registration = self.registration.clone();
+        let sent = Instant::now();
+        let register = async move { store.register_worker(&registration).await };
+        ctx.spawn(register.into_actor(self).map(move |outcome, act, ctx| {
+            act.lease_busy = false;
+            match outcome {
+                Ok(lease) => {
+                    info!(worker = %act.id(), session_epoch = %lease.session_epoch, "worker registered");
+                    act.session = Some(lease.session_epoch);
+                    act.renewed(sent, ctx);
+                    act.poll(ctx);
+                }
+                Err(error) => warn!(worker = %act.id(), %error, "registration failed"),
+            }
+        }));
+    }
+
+    /// A renewal sent at `sent` succeeded: trust the lease until `sent + timeout − margin`.
+    fn renewed(&mut self, sent: Instant, ctx: &mut Context<Self>) {
+        let trusted = self.config.session_timeout.saturating_sub(self.config.safety_margin);
+        let fenced_at = sent + trusted;
+        if self.fenced_at.is_some_and(|at| at >= fenced_at) {
+            return;
+        }
+        self.fenced_at = Some(fenced_at);
+        if let Some(timer) = self.fence_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let wait = fenced_at.saturating_duration_since(Instant::now());
+        self.fence_timer = Some(ctx.run_later(wait, |act, _| {
+            act.fence_timer = None;
+            if act.is_fenced() && !act.slots.is_empty() {
+                warn!(worker = %act.id(), "lease not renewed in time, fencing: stopping every partition");
+                act.stop_all("self-fenced");
+            }
+        }));
+    }
+
+    /// Stops every partition at once, without draining.
+    fn stop_all(&mut self, reason: &'static str) {
+        for (key, slot) in std::mem::take(&mut self.slots) {
+            if let Some(actor) = slot.actor {
+                debug!(queue = %key.0, partition = %key.1, epoch = %slot.epoch, reason, "stopping partition");
+                actor.do_send(Stop);
+            }
+        }
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.poll_busy || self.leaving || self.left || self.session.is_none() || self.is_fenced() {
+            return;
+        }
+        self.poll_busy = true;
+        let store = Arc::clone(&self.store);
+        let id = self.id();
+        let known: BTreeSet<QueueId> = self.queues.keys().copied().collect();
+        let poll = async move {
+            let rows = store.assignments_of(id).await?;
+            let unknown: BTreeSet<QueueId> =
+                rows.iter().map(|r| r.queue_id).filter(|q| !known.contains(q)).collect();
+            let mut queues = Vec::new();
+            for queue in unknown {
+                match store.get_queue_by_id(queue).await {
+                    Ok(record) => queues.push(record),
+                    Err(error) => warn!(worker = %id, queue = %queue, %error, "queue lookup failed"),
+                }
+            }
+            StoreResult::Ok((rows, queues))
+        };
+        ctx.spawn(poll.into_actor(self).map(|outcome, act, ctx| {
+            act.poll_busy = false;
+            match outcome {
+                Ok((rows, queues)) => {
+                    for QueueRecord { id, domain, name, .. } in queues {
+                        act.queues.insert(id, (domain, name));
+                    }
+                    act.apply(rows, ctx);
+                }
+                Err(error) => warn!(worker = %act.id(), %error, "assignment poll failed"),
+            }
+        }));
+    }
+
+    /// Brings the running partitions in line with the rows the store says this worker owns.
+    fn apply(&mut self, rows: Vec<AssignmentRecord>, ctx: &mut Context<Self>) {
+        if self.leaving || self.left || self.session.is_none() || self.is_fenced() {
+            return;
+        }
+        let owned: BTreeMap<PartitionKey, &AssignmentRecord> =
+            rows.iter().map(|r| ((r.queue_id, r.partition), r)).collect();
+        let gone: Vec<PartitionKey> = self
+            .slots
+            .iter()
+            .filter(|(key, slot)| {
+                slot.state != PartitionState::Draining && owned.get(key).is_none_or(|r| r.epoch != slot.epoch)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in gone {
+            if let Some(slot) = self.slots.remove(&key) {
+                info!(queue = %key.0, partition = %key.1, epoch = %slot.epoch, "partition no longer owned, stopping");
+                if let Some(actor) = slot.actor {
+                    actor.do_send(Stop);
+                }
+            }
+        }
+        for (key, row) in owned {
+            match (row.state, self.slots.get(&key).map(|s| s.state)) {
+                (_, Some(PartitionState::Draining)) => {}
+                (AssignmentState::Revoking, _) => self.revoke(key, row.epoch, ctx),
+                // A revocation that was cancelled after our handoff failed: serve it again.
+                (AssignmentState::Assigned, Some(PartitionState::Stopped)) => {
+                    self.slots.remove(&key);
+                    self.start(key, row.epoch, ctx);
+                }
+                (AssignmentState::Assigned, Some(_)) => {}
+                (AssignmentState::Assigned, None) if self.failed.contains(&key) => {
+                    let generation = self.generation();
+                    self.slots.insert(
+                        key,
+                        Slot { epoch: row.epoch, generation, actor: None, state: PartitionState::Failed },
+                    );
+                }
+                (AssignmentState::Assigned, None)
+                    if self.given_up.get(&key).is_some_and(|e| row.epoch <= *e) =>
+                {
+                    debug!(queue = %key.0, partition = %key.1, epoch = %row.epoch, "stale poll, partition already handed over");
+                }
+                (AssignmentState::Assigned, None) => self.start(key, row.epoch, ctx),
+            }
+        }
+    }
+
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn start(&mut self, key: PartitionKey, epoch: Epoch, ctx: &mut Context<Self>) {
+        let Some((domain, queue_name)) = self.queues.get(&key.0).cloned() else {
+            return; // its queue lookup failed; the next poll tries again
+        };
+        let pctx =
+            PartitionContext { domain, queue_name, queue: key.0, partition: key.1, epoch, worker: self.id() };
+        let generation = self.generation();
+        let handler = (self.factory)(&pctx);
+        info!(queue = %key.0, partition = %key.1, %epoch, "starting partition");
+        let actor = PartitionActor::new(
+            pctx,
+            handler,
+            ctx.address().downgrade(),
+            generation,
+            self.config.drain_timeout,
+        )
+        .start();
+        self.slots
+            .insert(key, Slot { epoch, generation, actor: Some(actor), state: PartitionState::Running });
+    }
+
+    /// Drains a revoked partition, then hands it over with one epoch-fenced update.
+    fn revoke(&mut self, key: PartitionKey, epoch: Epoch, ctx: &mut Context<Self>) {
+        let generation = self.generation();
+        // The slot keeps the actor so that fencing can still stop it while it drains.
+        let actor = self.slots.get(&key).and_then(|s| s.actor.clone());
+        self.slots
+            .insert(key, Slot { epoch, generation, actor: actor.clone(), state: PartitionState::Draining });
+        info!(queue = %key.0, partition = %key.1, %epoch, "partition revoked, draining");
+        let store = Arc::clone(&self.store);
+        let id = self.id();
+        let handoff = async move {
+            if let Some(actor) = actor {
+                // An error means the actor already stopped: nothing left to drain.
+                let _ = actor.send(Drain).await;
+            }
+            store.handoff(key.0, key.1, id, epoch).await
+        };
+        ctx.spawn(handoff.into_actor(self).map(move |outcome, act, _| {
+            let current = act.slots.get(&key).is_some_and(|s| s.generation == generation);
+            match outcome {
+                Ok(new_epoch) => {
+                    info!(queue = %key.0, partition = %key.1, %new_epoch, "partition handed off");
+                    act.given_up.insert(key, epoch);
+                    if current {
+                        act.slots.remove(&key);
+                    }
+                }
+                Err(StoreError::Fenced(reason)) => {
+                    info!(queue = %key.0, partition = %key.1, %epoch, %reason, "handoff fenced, partition already moved");
+                    act.given_up.insert(key, epoch);
+                    if current {
+                        act.slots.remove(&key);
+                    }
+                }
+                Err(error) => {
+                    warn!(queue = %key.0, partition = %key.1, %epoch, %error, "handoff failed, retrying on the next poll");
+                    if let Some(slot) = act.slots.get_mut(&key).filter(|_| current) {
+                        slot.state = PartitionState::Stopped;
+                        slot.actor = None;
+                    }
+                }
+            }
+        }));
+    }
+
+    fn on_failure(&mut self, failure: PartitionFailure, ctx: &mut Context<Self>) {
+        let PartitionFailure { key, generation, reason } = failure;
+        let Some(slot) = self
+            .slots
+            .get_mut(&key)
+            .filter(|s| s.generation == generation && s.state == PartitionState::Running)
+        else {
+            return;
+        };
+        slot.actor = None;
+        let epoch = slot.epoch;
+        let now = Instant::now();
+        let history = self.failures.entry(key).or_default();
+        history.push_back(now);
+        while history.front().is_some_and(|t| now.saturating_duration_since(*t) > self.policy.window) {
+            history.pop_front();
+        }
+        let count = history.len();
+        if count >= self.policy.max_failures {
+            slot.state = PartitionState::Failed;
+            self.failed.insert(key);
+            error!(queue = %key.0, partition = %key.1, %epoch, failures = count, %reason, "partition failed too often, keeping it stopped");
+            let mut event = NewEvent::new(EventKind::PartitionFailed);
+            event.queue_id = Some(key.0);
+            event.partition = Some(key.1);
+            event.worker = Some(self.registration.id);
+            event.epoch = Some(epoch);
+            event.detail = serde_json::json!({
+                "failures": count,
+                "window_ms": u64::try_from(self.policy.window.as_millis()).unwrap_or(u64::MAX),
+                "last_error": reason,
+            });
+            let store = Arc::clone(&self.store);
+            ctx.spawn(
+                async move { store.append_event(&event).await }.into_actor(self).map(move |outcome, _, _| {
+                    if let Err(error) = outcome {
+                        warn!(queue = %key.0, partition = %key.1, %error, "could not record the partition failure");
+                    }
+                }),
+            );
+            return;
+        }
+        let delay = self.policy.backoff(count);
+        slot.state = PartitionState::Backoff;
+        warn!(queue = %key.0, partition = %key.1, %epoch, failures = count, ?delay, %reason, "partition failed, restarting after backoff");
+        ctx.run_later(delay, move |act, ctx| {
+            let waiting = act
+                .slots
+                .get(&key)
+                .is_some_and(|s| s.generation == generation && s.state == PartitionState::Backoff);
+            if waiting && !act.leaving && !act.is_fenced() {
+                act.start(key, epoch, ctx);
+            }
+        });
+    }
+
+    fn status(&self) -> WorkerStatusReport {
+        WorkerStatusReport {
+            worker: self.id(),
+            session_epoch: self.session,
+            fenced: self.is_fenced(),
+            leaving: self.leaving,
+            partitions: self
+                .slots
+                .iter()
+                .map(|(key, slot)| PartitionStatus {
+                    queue: key.0,
+                    partition: key.1,
+                    epoch: slot.epoch,
+                    state: slot.state,
+                })
+                .collect(),
+        }
+    }
+
+    /// The graceful leave of docs/protocol.md; stops the actor when done.
+    fn leave(&mut self) -> impl ActorFuture<Self, Output = LeaveOutcome> + 'static {
+        self.leaving = true;
+        let drains: Vec<_> =
+            self.slots.values().filter_map(|s| s.actor.clone()).map(|actor| actor.send(Drain)).collect();
+        let store = Arc::clone(&self.store);
+        let (id, session) = (self.id(), self.session);
+        info!(worker = %id, partitions = self.slots.len(), "leaving");
+        let leave = async move {
+            let mut outcome = LeaveOutcome::default();
+            let Some(session) = session else {
+                return outcome;
+            };
+            if let Err(error) = store.set_worker_status(id, session, WorkerStatus::Draining).await {
+                warn!(worker = %id, %error, "could not mark the worker draining");
+            }
+            // Each partition actor bounds its own drain by drain_timeout.
+            futures::future::join_all(drains).await;
+            match store.assignments_of(id).await {
+                Ok(rows) => {
+                    for row in rows {
+                        let key = (row.queue_id, row.partition);
+                        let revoking = row.state == AssignmentState::Revoking;
+                        let result = if revoking {
+                            store.handoff(key.0, key.1, id, row.epoch).await
+                        } else {
+                            store.release_partition(key.0, key.1, id, row.epoch).await
+                        };
+                        match result {
+                            Ok(epoch) if revoking => {
+                                info!(queue = %key.0, partition = %key.1, %epoch, "partition handed off");
+                                outcome.handed_off.push(key);
+                            }
+                            Ok(epoch) => {
+                                info!(queue = %key.0, partition = %key.1, %epoch, "partition released");
+                                outcome.released.push(key);
+                            }
+                            Err(error) => {
+                                warn!(queue = %key.0, partition = %key.1, %error, "could not give the partition up");
+                            }
+                        }
+                    }
+                }
+                Err(error) => warn!(worker = %id, %error, "could not read assignments to release them"),
+            }
+            match store.deregister_worker(id, session).await {
+                Ok(()) => outcome.deregistered = true,
+                Err(error) => warn!(worker = %id, %error, "could not deregister, the lease will expire"),
+            }
+            outcome
+        };
+        leave.into_actor(self).map(|outcome, act, ctx| {
+            info!(worker = %act.id(), released = outcome.released.len(), handed_off = outcome.handed_off.len(), deregistered = outcome.deregistered, "worker left");
+            act.left = true;
+            act.session = None;
+            act.fenced_at = None;
+            act.stop_all("left");
+            ctx.stop();
+            outcome
+        })
+    }
+}
+
+impl Actor for WorkerSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.register(ctx);
+        ctx.run_interval(self.config.heartbeat_interval, |act, ctx| act.tick(ctx));
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        if self.left || self.session.is_none() && !self.leaving {
+            self.left = true;
+            self.stop_all("worker stopped");
+            return Running::Stop;
+        }
+        if !self.leaving {
+            let leave = self.leave().map(|_, _, _| ());
+            ctx.spawn(leave);
+        }
+        Running::Continue
+    }
+}
+
+impl Handler<GetStatus> for WorkerSession {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+impl Handler<Leave> for WorkerSession {
+    type Result = ResponseActFuture<Self, LeaveOutcome>;
+
+    fn handle(&mut self, _: Leave, _: &mut Self::Context) -> Self::Result {
+        if self.leaving || self.left {
+            return Box::pin(actix::fut::ready(LeaveOutcome::default()));
+        }
+        Box::pin(self.leave())
+    }
+}
+
+impl Handler<Kill> for WorkerSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Kill, ctx: &mut Self::Context) {
+        warn!(worker = %self.id(), partitions = self.slots.len(), "killed, stopping without a goodbye");
+        // `left` makes `stopping` skip the graceful leave; futures under way (a heartbeat, a
+        // leave) are dropped with the context.
+        self.left = true;
+        self.session = None;
+        self.fenced_at = None;
+        self.stop_all("killed");
+        ctx.stop();
+    }
+}
+
+impl Handler<PartitionFailure> for WorkerSession {
+    type Result = ();
+
+    fn handle(&mut self, failure: PartitionFailure, ctx: &mut Self::Context) {
+        self.on_failure(failure, ctx);
+    }
+}
