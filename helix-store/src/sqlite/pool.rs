@@ -178,8 +178,10 @@ fn open(target: &Target, busy_timeout: Duration) -> Result<SqliteConnection, Sto
     let mut conn = SqliteConnection::establish(&url)
         .map_err(|err| StoreError::Unavailable(format!("cannot open sqlite database {describe}: {err}")))?;
     let millis = busy_timeout.as_millis().clamp(1, i32::MAX as u128);
-    let setup = format!("PRAGMA busy_timeout = {millis}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;");
-    let set_up_failed = |err| StoreError::Unavailable(format!("cannot set up sqlite database {describe}: {err}"));
+    let setup =
+        format!("PRAGMA busy_timeout = {millis}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;");
+    let set_up_failed =
+        |err| StoreError::Unavailable(format!("cannot set up sqlite database {describe}: {err}"));
     conn.batch_execute(&setup).map_err(set_up_failed)?;
     if matches!(target, Target::File(_)) {
         enable_wal(&mut conn, busy_timeout).map_err(set_up_failed)?;
