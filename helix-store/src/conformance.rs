@@ -61,6 +61,7 @@ macro_rules! conformance_tests {
             handoff_moves_ownership_once,
             retargeting_keeps_the_revocation_start_and_no_target_releases,
             a_stale_epoch_cannot_hand_off_or_release,
+            a_failed_partition_stays_unowned_until_reset,
             bad_plans_are_refused,
             events_come_back_in_order,
             changes_record_their_events,
@@ -782,6 +783,63 @@ pub async fn a_stale_epoch_cannot_hand_off_or_release(b: &dyn Backend) {
     let row = &store.assignments(q.id).await.expect("read").rows[0];
     assert_eq!((row.owner, row.epoch, row.state), (Some(heir), Epoch(2), AssignmentState::Revoking));
     assert_fenced(store.handoff(q.id, PartitionId(5), heir, Epoch(2)).await, "missing partition");
+}
+
+/// The owner marks a partition failed (fenced by its epoch); no plan touches the failed row;
+/// an operator's reset makes it grantable again; resetting what is not failed changes nothing.
+pub async fn a_failed_partition_stays_unowned_until_reset(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 2).await;
+    let (w1, _) = register(&*store, &[&q], LONG).await;
+    let (w2, _) = register(&*store, &[&q], LONG).await;
+    let fence = lead(&*store, "main").await;
+    store.apply_plan(&fence, q.id, &[grant(0, 0, w1), grant(1, 0, w1)]).await.expect("grant");
+    let detail = serde_json::json!({ "failures": 3, "last_error": "boom" });
+
+    assert_fenced(store.fail_partition(q.id, PartitionId(0), w2, Epoch(1), &detail).await, "not the owner");
+    assert_fenced(store.fail_partition(q.id, PartitionId(0), w1, Epoch(0), &detail).await, "stale epoch");
+    let version = store.assignments(q.id).await.expect("read").assignment_version;
+    assert_eq!(
+        store.fail_partition(q.id, PartitionId(0), w1, Epoch(1), &detail).await.expect("fail"),
+        Epoch(2)
+    );
+    let rows = store.assignments(q.id).await.expect("read");
+    assert_eq!(rows.assignment_version, version + 1);
+    let row = &rows.rows[0];
+    assert_eq!(
+        (row.owner, row.epoch, row.state, row.target),
+        (None, Epoch(2), AssignmentState::Failed, None)
+    );
+    assert_fenced(store.release_partition(q.id, PartitionId(0), w1, Epoch(2)).await, "release after failing");
+    let failed = store.events_since(0, 1_000).await.expect("events");
+    let failed =
+        failed.iter().rfind(|e| e.kind == EventKind::PartitionFailed).expect("a partition_failed event");
+    assert_eq!(
+        (failed.queue_id, failed.partition, failed.worker, failed.epoch, &failed.detail),
+        (Some(q.id), Some(PartitionId(0)), Some(w1), Some(Epoch(2)), &detail)
+    );
+
+    let outcome = store.apply_plan(&fence, q.id, &[grant(0, 2, w2)]).await.expect("grant a failed row");
+    assert_eq!(outcome.skipped, vec![(PartitionId(0), SkipReason::WrongState)]);
+
+    assert!(!store.reset_partition(q.id, PartitionId(1)).await.expect("reset an owned partition"));
+    assert_eq!(store.assignments(q.id).await.expect("read").rows[1].owner, Some(w1), "untouched");
+    let version = store.assignments(q.id).await.expect("read").assignment_version;
+    assert!(store.reset_partition(q.id, PartitionId(0)).await.expect("reset"));
+    assert!(!store.reset_partition(q.id, PartitionId(0)).await.expect("second reset"));
+    let rows = store.assignments(q.id).await.expect("read");
+    assert_eq!(rows.assignment_version, version + 1);
+    let row = &rows.rows[0];
+    assert_eq!((row.owner, row.epoch, row.state), (None, Epoch(2), AssignmentState::Assigned));
+    let events = store.events_since(0, 1_000).await.expect("events");
+    assert_eq!(events.iter().filter(|e| e.kind == EventKind::PartitionReset).count(), 1);
+    assert_eq!(store.apply_plan(&fence, q.id, &[grant(0, 2, w2)]).await.expect("grant").applied, 1);
+
+    assert_not_found(store.reset_partition(q.id, PartitionId(2)).await, "partition out of range");
+    assert_not_found(
+        store.reset_partition(helix_core::QueueId(q.id.0 + 1_000), PartitionId(0)).await,
+        "no queue",
+    );
 }
 
 /// Plans naming partitions out of range or twice are `Invalid`; plans for a missing queue

@@ -95,7 +95,7 @@ impl Inner {
         self.queues.values().find(|q| &q.domain == domain && &q.name == name)
     }
 
-    /// The owner-fenced write shared by handoff and release.
+    /// The owner-fenced write shared by handoff, release and failure.
     fn owner_write(
         &mut self,
         now: DateTime<Utc>,
@@ -103,8 +103,9 @@ impl Inner {
         partition: PartitionId,
         worker: WorkerId,
         epoch: Epoch,
-        handoff: bool,
+        write: OwnerWrite<'_>,
     ) -> StoreResult<Epoch> {
+        let handoff = matches!(write, OwnerWrite::HandOff);
         let row = self
             .assignments
             .get_mut(&queue)
@@ -121,17 +122,12 @@ impl Inner {
             })?;
         row.owner = if handoff { row.target } else { None };
         row.epoch = row.epoch.next();
-        row.state = AssignmentState::Assigned;
+        row.state = write.new_state();
         row.target = None;
         row.updated_at = now;
         let (new_epoch, new_owner) = (row.epoch, row.owner);
         self.bump_version(queue);
-        let event = if handoff {
-            NewEvent::handed_off(queue, partition, worker, new_owner, new_epoch)
-        } else {
-            NewEvent::partition_released(queue, partition, worker, new_epoch)
-        };
-        self.record(now, event);
+        self.record(now, write.event(queue, partition, worker, new_owner, new_epoch));
         Ok(new_epoch)
     }
 }
@@ -541,7 +537,7 @@ impl Store for MemStore {
         epoch: Epoch,
     ) -> StoreResult<Epoch> {
         let (mut s, now) = self.lock();
-        s.owner_write(now, queue, partition, worker, epoch, true)
+        s.owner_write(now, queue, partition, worker, epoch, OwnerWrite::HandOff)
     }
 
     async fn release_partition(
@@ -552,7 +548,38 @@ impl Store for MemStore {
         epoch: Epoch,
     ) -> StoreResult<Epoch> {
         let (mut s, now) = self.lock();
-        s.owner_write(now, queue, partition, worker, epoch, false)
+        s.owner_write(now, queue, partition, worker, epoch, OwnerWrite::Release)
+    }
+
+    async fn fail_partition(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+        detail: &serde_json::Value,
+    ) -> StoreResult<Epoch> {
+        let (mut s, now) = self.lock();
+        s.owner_write(now, queue, partition, worker, epoch, OwnerWrite::Fail(detail))
+    }
+
+    async fn reset_partition(&self, queue: QueueId, partition: PartitionId) -> StoreResult<bool> {
+        let (mut s, now) = self.lock();
+        let row = s
+            .assignments
+            .get_mut(&queue)
+            .ok_or_else(|| StoreError::NotFound(format!("queue {queue}")))?
+            .get_mut(partition.0 as usize)
+            .ok_or_else(|| StoreError::NotFound(format!("queue {queue} partition {partition}")))?;
+        if row.state != AssignmentState::Failed {
+            return Ok(false);
+        }
+        row.state = AssignmentState::Assigned;
+        row.updated_at = now;
+        let epoch = row.epoch;
+        s.bump_version(queue);
+        s.record(now, NewEvent::partition_reset(queue, partition, epoch));
+        Ok(true)
     }
 
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {

@@ -326,14 +326,19 @@ pub enum AssignmentState {
     Assigned,
     /// The coordinator asked the owner to hand the partition to `target`.
     Revoking,
+    /// The partition failed too often on its last owner and has no owner; the coordinator
+    /// leaves it alone until an operator resets it
+    /// ([`Store::reset_partition`](crate::Store::reset_partition)).
+    Failed,
 }
 
 impl AssignmentState {
-    /// The stored form: `ASSIGNED` or `REVOKING`.
+    /// The stored form: `ASSIGNED`, `REVOKING` or `FAILED`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Assigned => "ASSIGNED",
             Self::Revoking => "REVOKING",
+            Self::Failed => "FAILED",
         }
     }
 
@@ -342,6 +347,7 @@ impl AssignmentState {
         match s {
             "ASSIGNED" => Ok(Self::Assigned),
             "REVOKING" => Ok(Self::Revoking),
+            "FAILED" => Ok(Self::Failed),
             other => Err(StoreError::Database(format!("unknown assignment state {other:?}"))),
         }
     }
@@ -389,7 +395,7 @@ pub enum SkipReason {
     },
     /// The row is not in a state the change applies to (cancelling or retargeting a
     /// revocation that is not under way, revoking an unowned partition, a revocation already
-    /// under way, or revoking towards the owner itself).
+    /// under way, or revoking towards the owner itself), or the partition has failed.
     WrongState,
     /// A grant or release would take the partition from an owner that is still live.
     OwnerAlive,
@@ -662,6 +668,70 @@ impl NewEvent {
         event.epoch = Some(epoch);
         event.detail = serde_json::json!({ "previous_owner": worker.to_string() });
         event
+    }
+
+    /// The `PartitionFailed` event of `worker` giving up a partition that kept failing, now
+    /// at `epoch`, unowned and failed; `detail` says why.
+    pub fn partition_failed(
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+        detail: serde_json::Value,
+    ) -> Self {
+        let mut event = Self::new(EventKind::PartitionFailed);
+        event.queue_id = Some(queue);
+        event.partition = Some(partition);
+        event.worker = Some(worker);
+        event.epoch = Some(epoch);
+        event.detail = detail;
+        event
+    }
+
+    /// The `PartitionReset` event of an operator resetting a failed partition.
+    pub fn partition_reset(queue: QueueId, partition: PartitionId, epoch: Epoch) -> Self {
+        let mut event = Self::new(EventKind::PartitionReset);
+        event.queue_id = Some(queue);
+        event.partition = Some(partition);
+        event.epoch = Some(epoch);
+        event
+    }
+}
+
+/// The owner-fenced writes, each applied only where `owner = worker AND epoch = E`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OwnerWrite<'a> {
+    /// Hand a `REVOKING` partition to the revocation's target.
+    HandOff,
+    /// Give the partition up: no owner, `ASSIGNED`.
+    Release,
+    /// Give up a partition that kept failing: no owner, `FAILED`, with the event's detail.
+    Fail(&'a serde_json::Value),
+}
+
+impl OwnerWrite<'_> {
+    /// The event of the write, now that the row is at `epoch` with `new_owner`.
+    pub(crate) fn event(
+        self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        new_owner: Option<WorkerId>,
+        epoch: Epoch,
+    ) -> NewEvent {
+        match self {
+            Self::HandOff => NewEvent::handed_off(queue, partition, worker, new_owner, epoch),
+            Self::Release => NewEvent::partition_released(queue, partition, worker, epoch),
+            Self::Fail(detail) => NewEvent::partition_failed(queue, partition, worker, epoch, detail.clone()),
+        }
+    }
+
+    /// The state the row ends in.
+    pub(crate) fn new_state(self) -> AssignmentState {
+        match self {
+            Self::Fail(_) => AssignmentState::Failed,
+            Self::HandOff | Self::Release => AssignmentState::Assigned,
+        }
     }
 }
 

@@ -95,6 +95,11 @@ pub fn evaluate_plan(
             out.skipped.push((p, SkipReason::StaleEpoch { actual: row.epoch }));
             continue;
         }
+        if row.state == AssignmentState::Failed {
+            // Only an operator's reset brings a failed partition back.
+            out.skipped.push((p, SkipReason::WrongState));
+            continue;
+        }
         let owner_gone = |to: Option<WorkerId>| row.owner.is_none() || !row.owner_live || row.owner == to;
         let revoking = |to: Option<WorkerId>| RowWrite {
             partition: p,

@@ -134,7 +134,7 @@ pub trait Store: Send + Sync + 'static {
     /// | `Retarget { to }` | `REVOKING`, owner other than `to` | `target = to`, the revocation keeps its start |
     /// | `CancelRevoke` | `REVOKING` | `ASSIGNED`, no target |
     ///
-    /// Revocations and cancellations keep the epoch. Bumps the queue's assignment version once
+    /// No change applies to a `FAILED` row. Revocations and cancellations keep the epoch. Bumps the queue's assignment version once
     /// when anything changed and records an event per applied change. `Invalid` when a
     /// partition is out of range or appears twice; `NotFound` when the queue does not exist.
     async fn apply_plan(
@@ -162,6 +162,25 @@ pub trait Store: Send + Sync + 'static {
         worker: WorkerId,
         epoch: Epoch,
     ) -> StoreResult<Epoch>;
+
+    /// The owner gives up a partition that keeps failing: `owner = NULL, epoch + 1, FAILED`,
+    /// only where `owner = worker AND epoch = epoch`; `Fenced` otherwise. The coordinator
+    /// leaves a failed partition unowned until an operator resets it
+    /// ([`Store::reset_partition`]). Records a `partition_failed` event carrying `detail`.
+    /// Returns the new epoch.
+    async fn fail_partition(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+        detail: &serde_json::Value,
+    ) -> StoreResult<Epoch>;
+    /// An operator's reset of a failed partition: `FAILED` becomes `ASSIGNED` with no owner,
+    /// so the coordinator grants it again. Returns whether the partition was failed (a reset
+    /// of a partition that is not failed changes nothing); `NotFound` when the queue or the
+    /// partition does not exist.
+    async fn reset_partition(&self, queue: QueueId, partition: PartitionId) -> StoreResult<bool>;
 
     // ---- events -------------------------------------------------------------------------
 

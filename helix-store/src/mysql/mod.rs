@@ -505,7 +505,10 @@ impl Store for MysqlStore {
         worker: WorkerId,
         epoch: Epoch,
     ) -> StoreResult<Epoch> {
-        run!(self, "handoff", |conn| tx!(conn, ops::owner_write(conn, queue, partition, worker, epoch, true)))
+        run!(self, "handoff", |conn| tx!(
+            conn,
+            ops::owner_write(conn, queue, partition, worker, epoch, OwnerWrite::HandOff)
+        ))
     }
 
     async fn release_partition(
@@ -517,8 +520,26 @@ impl Store for MysqlStore {
     ) -> StoreResult<Epoch> {
         run!(self, "release_partition", |conn| tx!(
             conn,
-            ops::owner_write(conn, queue, partition, worker, epoch, false)
+            ops::owner_write(conn, queue, partition, worker, epoch, OwnerWrite::Release)
         ))
+    }
+
+    async fn fail_partition(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+        detail: &serde_json::Value,
+    ) -> StoreResult<Epoch> {
+        run!(self, "fail_partition", |conn| tx!(
+            conn,
+            ops::owner_write(conn, queue, partition, worker, epoch, OwnerWrite::Fail(detail))
+        ))
+    }
+
+    async fn reset_partition(&self, queue: QueueId, partition: PartitionId) -> StoreResult<bool> {
+        run!(self, "reset_partition", |conn| tx!(conn, ops::reset_partition(conn, queue, partition)))
     }
 
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {

@@ -1063,15 +1063,16 @@ pub(super) async fn apply_plan(
     Ok(PlanOutcome { applied: eval.writes.len(), skipped: eval.skipped, assignment_version: version + 1 })
 }
 
-/// The owner-fenced write of `handoff` (to the revocation's target) and `release_partition`
-/// (to nobody): one conditional update, the version bump and the event, in one transaction.
+/// The owner-fenced write of `handoff` (to the revocation's target), `release_partition` (to
+/// nobody) and `fail_partition` (to nobody, failed): one conditional update, the version bump
+/// and the event, in one transaction.
 pub(super) async fn owner_write(
     conn: &mut Conn,
     queue: QueueId,
     partition: PartitionId,
     worker: WorkerId,
     epoch: Epoch,
-    handoff: bool,
+    write: OwnerWrite<'_>,
 ) -> Res<Epoch> {
     let fenced = || {
         Failure::Store(StoreError::Fenced(format!(
@@ -1093,13 +1094,20 @@ pub(super) async fn owner_write(
         return Err(fenced());
     }
     // `owner = target` comes before `target = NULL`: MySQL assigns left to right.
-    let text = if handoff {
-        "UPDATE helix_assignments SET owner = target, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
-         updated_at = NOW(6) WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ? \
-         AND state = 'REVOKING'"
-    } else {
-        "UPDATE helix_assignments SET owner = NULL, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
-         updated_at = NOW(6) WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ?"
+    let text = match write {
+        OwnerWrite::HandOff => {
+            "UPDATE helix_assignments SET owner = target, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
+             updated_at = NOW(6) WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ? \
+             AND state = 'REVOKING'"
+        }
+        OwnerWrite::Release => {
+            "UPDATE helix_assignments SET owner = NULL, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
+             updated_at = NOW(6) WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ?"
+        }
+        OwnerWrite::Fail(_) => {
+            "UPDATE helix_assignments SET owner = NULL, epoch = epoch + 1, state = 'FAILED', target = NULL, \
+             updated_at = NOW(6) WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ?"
+        }
     };
     let changed = diesel::sql_query(text)
         .bind::<BigInt, _>(key)
@@ -1117,14 +1125,51 @@ pub(super) async fn owner_write(
         .first(conn)
         .await?;
     let new_epoch = Epoch(to_u64(new_epoch, "epoch")?);
-    let event = if handoff {
-        let new_owner = owner.as_deref().map(worker_of).transpose()?;
-        NewEvent::handed_off(queue, partition, worker, new_owner, new_epoch)
-    } else {
-        NewEvent::partition_released(queue, partition, worker, new_epoch)
-    };
+    let new_owner = owner.as_deref().map(worker_of).transpose()?;
+    let event = write.event(queue, partition, worker, new_owner, new_epoch);
     insert_events(conn, &[event]).await?;
     Ok(new_epoch)
+}
+
+/// An operator's reset of a failed partition. Locks the queue row first, as every assignment
+/// writer does, then changes the row and bumps the version, with the event.
+pub(super) async fn reset_partition(conn: &mut Conn, queue: QueueId, partition: PartitionId) -> Res<bool> {
+    let not_found = || Failure::Store(StoreError::NotFound(format!("queue {queue} partition {partition}")));
+    let (Ok(key), Ok(p)) = (to_i64(queue.0, "queue id"), partition_i32(partition)) else {
+        return Err(not_found());
+    };
+    let locked: Option<i64> =
+        helix_queues::table.find(key).select(helix_queues::id).for_update().first(conn).await.optional()?;
+    if locked.is_none() {
+        return Err(not_found());
+    }
+    let found: Option<(String, i64)> = helix_assignments::table
+        .find((key, p))
+        .select((helix_assignments::state, helix_assignments::epoch))
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((state, epoch)) = found else {
+        return Err(not_found());
+    };
+    if AssignmentState::parse(&state)? != AssignmentState::Failed {
+        return Ok(false);
+    }
+    diesel::sql_query(
+        "UPDATE helix_assignments SET state = 'ASSIGNED', updated_at = NOW(6) \
+         WHERE queue_id = ? AND partition_id = ? AND state = 'FAILED'",
+    )
+    .bind::<BigInt, _>(key)
+    .bind::<Integer, _>(p)
+    .execute(conn)
+    .await?;
+    diesel::update(helix_queues::table.find(key))
+        .set(helix_queues::assignment_version.eq(helix_queues::assignment_version + 1))
+        .execute(conn)
+        .await?;
+    let epoch = Epoch(to_u64(epoch, "epoch")?);
+    insert_events(conn, &[NewEvent::partition_reset(queue, partition, epoch)]).await?;
+    Ok(true)
 }
 
 pub(super) async fn append_event(conn: &mut Conn, event: &NewEvent) -> Res<u64> {

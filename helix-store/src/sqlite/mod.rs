@@ -622,32 +622,37 @@ fn bind_ids<'a>(
     query
 }
 
-/// The owner-fenced write shared by handoff (`to_target`) and release: one conditional
-/// `UPDATE`, then the version bump and the event, in one immediate transaction.
+/// The owner-fenced write shared by handoff, release and failure: one conditional `UPDATE`,
+/// then the version bump and the event, in one immediate transaction.
 fn owner_write(
     conn: &mut SqliteConnection,
     queue: QueueId,
     partition: PartitionId,
     worker: WorkerId,
     epoch: Epoch,
-    handoff: bool,
+    write: OwnerWrite<'_>,
 ) -> Tx<Epoch> {
     let queue_id = to_i64(queue.0, "queue id")?;
-    let sql = if handoff {
-        concat!(
+    let sql = match write {
+        OwnerWrite::HandOff => concat!(
             "UPDATE helix_assignments SET owner = target, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
              updated_at = ",
             now!(),
             " WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ? AND state = 'REVOKING' \
              RETURNING owner, epoch"
-        )
-    } else {
-        concat!(
+        ),
+        OwnerWrite::Release => concat!(
             "UPDATE helix_assignments SET owner = NULL, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
              updated_at = ",
             now!(),
             " WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ? RETURNING owner, epoch"
-        )
+        ),
+        OwnerWrite::Fail(_) => concat!(
+            "UPDATE helix_assignments SET owner = NULL, epoch = epoch + 1, state = 'FAILED', target = NULL, \
+             updated_at = ",
+            now!(),
+            " WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ? RETURNING owner, epoch"
+        ),
     };
     let row: Option<OwnerEpochRow> = sql_query(sql)
         .bind::<BigInt, _>(queue_id)
@@ -664,13 +669,36 @@ fn owner_write(
     let new_epoch = Epoch(to_u64(row.epoch, "epoch")?);
     let new_owner = opt_worker_id(row.owner.as_deref())?;
     bump_version(conn, queue_id)?;
-    let event = if handoff {
-        NewEvent::handed_off(queue, partition, worker, new_owner, new_epoch)
-    } else {
-        NewEvent::partition_released(queue, partition, worker, new_epoch)
-    };
-    record(conn, &[event])?;
+    record(conn, &[write.event(queue, partition, worker, new_owner, new_epoch)])?;
     Ok(new_epoch)
+}
+
+/// An operator's reset of a failed partition, in one immediate transaction.
+fn reset_partition(conn: &mut SqliteConnection, queue: QueueId, partition: PartitionId) -> Tx<bool> {
+    let queue_id = to_i64(queue.0, "queue id")?;
+    let row: Option<OwnerEpochRow> = sql_query(concat!(
+        "UPDATE helix_assignments SET state = 'ASSIGNED', updated_at = ",
+        now!(),
+        " WHERE queue_id = ? AND partition_id = ? AND state = 'FAILED' RETURNING owner, epoch"
+    ))
+    .bind::<BigInt, _>(queue_id)
+    .bind::<BigInt, _>(i64::from(partition.0))
+    .get_result(conn)
+    .optional()?;
+    let Some(row) = row else {
+        let exists: CountRow =
+            sql_query("SELECT COUNT(*) AS n FROM helix_assignments WHERE queue_id = ? AND partition_id = ?")
+                .bind::<BigInt, _>(queue_id)
+                .bind::<BigInt, _>(i64::from(partition.0))
+                .get_result(conn)?;
+        if exists.n == 0 {
+            return Err(Fail(StoreError::NotFound(format!("queue {queue} partition {partition}"))));
+        }
+        return Ok(false);
+    };
+    bump_version(conn, queue_id)?;
+    record(conn, &[NewEvent::partition_reset(queue, partition, Epoch(to_u64(row.epoch, "epoch")?))])?;
+    Ok(true)
 }
 
 // ---- the store --------------------------------------------------------------------------
@@ -1393,7 +1421,10 @@ impl Store for SqliteStore {
         worker: WorkerId,
         epoch: Epoch,
     ) -> StoreResult<Epoch> {
-        self.write("handoff", move |conn| owner_write(conn, queue, partition, worker, epoch, true)).await
+        self.write("handoff", move |conn| {
+            owner_write(conn, queue, partition, worker, epoch, OwnerWrite::HandOff)
+        })
+        .await
     }
 
     async fn release_partition(
@@ -1403,8 +1434,29 @@ impl Store for SqliteStore {
         worker: WorkerId,
         epoch: Epoch,
     ) -> StoreResult<Epoch> {
-        self.write("release_partition", move |conn| owner_write(conn, queue, partition, worker, epoch, false))
-            .await
+        self.write("release_partition", move |conn| {
+            owner_write(conn, queue, partition, worker, epoch, OwnerWrite::Release)
+        })
+        .await
+    }
+
+    async fn fail_partition(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+        detail: &serde_json::Value,
+    ) -> StoreResult<Epoch> {
+        let detail = detail.clone();
+        self.write("fail_partition", move |conn| {
+            owner_write(conn, queue, partition, worker, epoch, OwnerWrite::Fail(&detail))
+        })
+        .await
+    }
+
+    async fn reset_partition(&self, queue: QueueId, partition: PartitionId) -> StoreResult<bool> {
+        self.write("reset_partition", move |conn| reset_partition(conn, queue, partition)).await
     }
 
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {

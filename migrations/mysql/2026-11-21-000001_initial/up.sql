@@ -67,7 +67,7 @@ CREATE TABLE helix_assignments (
     updated_at        DATETIME(6) NOT NULL,
     PRIMARY KEY (queue_id, partition_id),
     KEY ix_assignments_owner (owner),
-    CONSTRAINT ck_assignments_state CHECK (state IN ('ASSIGNED', 'REVOKING'))
+    CONSTRAINT ck_assignments_state CHECK (state IN ('ASSIGNED', 'REVOKING', 'FAILED'))
 ) ENGINE = InnoDB;
 
 CREATE TABLE helix_tasks (

@@ -74,7 +74,7 @@ CREATE TABLE helix_assignments (
     coordinator_term  INTEGER NOT NULL DEFAULT 0,
     updated_at        TEXT NOT NULL,
     PRIMARY KEY (queue_id, partition_id),
-    CONSTRAINT ck_assignments_state CHECK (state IN ('ASSIGNED', 'REVOKING'))
+    CONSTRAINT ck_assignments_state CHECK (state IN ('ASSIGNED', 'REVOKING', 'FAILED'))
 );
 CREATE INDEX ix_assignments_owner ON helix_assignments (owner);
 
