@@ -146,6 +146,24 @@ impl Client {
         Ok(PartitionMap { queue, assignment_version: read.assignment_version, rows: read.rows })
     }
 
+    /// Resets the failed partition `partition` of `domain/name` (see
+    /// [`RestartPolicy`](crate::worker::RestartPolicy)): it becomes unowned and the coordinator
+    /// grants it again on its next round. Returns whether it was failed; resetting a partition
+    /// that is not failed changes nothing.
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] for a bad name, [`StoreError::NotFound`] when the queue or the
+    /// partition does not exist.
+    pub async fn reset_partition(
+        &self,
+        domain: &str,
+        name: &str,
+        partition: PartitionId,
+    ) -> Result<bool, ClientError> {
+        let queue = self.queue(domain, name).await?;
+        Ok(self.store.reset_partition(queue.id, partition).await?)
+    }
+
     /// The workers that `filter` selects ([`WorkerFilter::Live`] for the live ones).
     ///
     /// # Errors
@@ -185,7 +203,8 @@ impl Client {
 ///
 /// Its `Display` prints one line with every owner (a letter, the end of its id, its count)
 /// and one row with the owner letter of each partition in partition order: `.` for no owner,
-/// a lowercase letter for a partition being handed over from that owner.
+/// `!` for a failed partition, a lowercase letter for a partition being handed over from that
+/// owner.
 ///
 /// ```text
 /// A …3f1c0a9e: 17  B …77d2be10: 17  C …c09a4411: 16
@@ -223,9 +242,15 @@ impl PartitionMap {
         loads
     }
 
-    /// How many partitions have no owner.
+    /// How many partitions have no owner and have not failed.
     pub fn unowned(&self) -> usize {
-        self.rows.iter().filter(|r| r.owner.is_none()).count()
+        self.rows.iter().filter(|r| r.owner.is_none() && r.state != AssignmentState::Failed).count()
+    }
+
+    /// The partitions that failed and wait for an operator's reset
+    /// ([`Client::reset_partition`]).
+    pub fn failed(&self) -> Vec<PartitionId> {
+        self.rows.iter().filter(|r| r.state == AssignmentState::Failed).map(|r| r.partition).collect()
     }
 
     /// How many partitions are being handed over.
@@ -233,7 +258,7 @@ impl PartitionMap {
         self.rows.iter().filter(|r| r.state == AssignmentState::Revoking).count()
     }
 
-    /// Whether every partition has an owner and none is being handed over.
+    /// Whether every partition that has not failed has an owner and none is being handed over.
     pub fn is_settled(&self) -> bool {
         self.unowned() == 0 && self.revoking() == 0
     }
@@ -282,10 +307,15 @@ impl PartitionMap {
         if unowned > 0 {
             parts.push(format!("unowned: {unowned}"));
         }
+        let failed = self.failed().len();
+        if failed > 0 {
+            parts.push(format!("failed: {failed}"));
+        }
         let row: String = self
             .rows
             .iter()
             .map(|row| match row.owner {
+                None if row.state == AssignmentState::Failed => '!',
                 None => '.',
                 Some(owner) => {
                     let letter = letters.get(&owner).copied().unwrap_or('?');

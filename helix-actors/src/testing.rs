@@ -259,6 +259,19 @@ impl Store for CutOffStore {
     ) -> StoreResult<Epoch> {
         self.link().await?.release_partition(queue, partition, worker, epoch).await
     }
+    async fn fail_partition(
+        &self,
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+        detail: &serde_json::Value,
+    ) -> StoreResult<Epoch> {
+        self.link().await?.fail_partition(queue, partition, worker, epoch, detail).await
+    }
+    async fn reset_partition(&self, queue: QueueId, partition: PartitionId) -> StoreResult<bool> {
+        self.link().await?.reset_partition(queue, partition).await
+    }
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {
         self.link().await?.append_event(event).await
     }
@@ -949,6 +962,14 @@ impl SimCluster {
         let tenures = self.tenures();
         for row in rows {
             let p = row.partition;
+            let runs = |t: &&Tenure| t.queue == queue.id && t.partition == p && t.is_running();
+            if row.state == AssignmentState::Failed {
+                // Settled while it waits for an operator, as long as it runs nowhere.
+                if tenures.iter().any(|t| runs(&t)) {
+                    violations.push(format!("partition {p} failed but still runs"));
+                }
+                continue;
+            }
             let Some(owner) = row.owner else {
                 violations.push(format!("partition {p} has no owner"));
                 continue;
@@ -959,10 +980,7 @@ impl SimCluster {
             if !live.contains(&owner) {
                 violations.push(format!("partition {p} is owned by {owner}, which is not live"));
             }
-            let running: Vec<&Tenure> = tenures
-                .iter()
-                .filter(|t| t.queue == queue.id && t.partition == p && t.is_running())
-                .collect();
+            let running: Vec<&Tenure> = tenures.iter().filter(runs).collect();
             match running.as_slice() {
                 [t] if t.worker == owner && t.epoch == row.epoch => {}
                 [] => violations.push(format!("partition {p} runs nowhere")),

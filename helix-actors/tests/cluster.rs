@@ -9,12 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use helix_actors::coordinator::{Allocate, AllocateError, takeover_bound};
 use helix_actors::testing::{SimCluster, SimWorker, noop_handler};
-use helix_actors::worker::{
-    HandlerError, HandlerFactory, PartitionContext, PartitionHandler, PartitionState, RestartPolicy,
-};
+use helix_actors::worker::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler, RestartPolicy};
 use helix_core::allocation::{Allocation, Assignment};
-use helix_core::{ClusterConfig, Epoch, PartitionId, WorkerId};
-use helix_store::{EventKind, PlanChange, QueueRecord, Store, StoreError};
+use helix_core::{ClusterConfig, PartitionId, WorkerId};
+use helix_store::{AssignmentState, EventKind, PlanChange, QueueRecord, Store, StoreError};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -263,7 +261,7 @@ impl PartitionHandler for Panics {
 }
 
 #[actix::test]
-async fn a_panicking_handler_restarts_then_ends_failed() {
+async fn a_panicking_handler_restarts_then_ends_failed_until_reset() {
     tokio::time::pause();
     let mut cluster = SimCluster::new(ClusterConfig::default()).await.expect("cluster");
     let queue = cluster.create_queue("domain_order", "poison", 1).await.expect("queue");
@@ -271,21 +269,40 @@ async fn a_panicking_handler_restarts_then_ends_failed() {
     let policy = RestartPolicy { max_failures: 3, ..RestartPolicy::default() };
     let factory: HandlerFactory =
         Arc::new(|_: &PartitionContext| Box::new(Panics) as Box<dyn PartitionHandler>);
-    let worker = cluster.add_worker_with(&[(&queue, 1)], factory, policy);
+    let first = cluster.add_worker_with(&[(&queue, 1)], Arc::clone(&factory), policy.clone());
+    let second = cluster.add_worker_with(&[(&queue, 1)], factory, policy);
 
     let failed = || async {
-        cluster.events().await.expect("events").iter().any(|e| e.kind == EventKind::PartitionFailed)
+        cluster.store().assignments(queue.id).await.expect("rows").rows[0].state == AssignmentState::Failed
     };
-    assert!(cluster.wait_until(LIMIT, failed).await, "the partition was reported failed");
-    let status = worker.status().await.expect("status");
-    assert_eq!(status.partitions.len(), 1);
-    assert_eq!(status.partitions[0].state, PartitionState::Failed);
-    let runs: BTreeMap<Epoch, usize> = cluster.tenures().iter().fold(BTreeMap::new(), |mut m, t| {
-        *m.entry(t.epoch).or_default() += 1;
-        m
-    });
-    assert_eq!(runs.values().sum::<usize>(), 3, "started, restarted twice, then failed: {runs:?}");
-    assert!(cluster.tenures().iter().all(|t| !t.is_running()));
+    assert!(cluster.wait_until(LIMIT, failed).await, "the partition was recorded failed");
+    let row = cluster.store().assignments(queue.id).await.expect("rows").rows[0].clone();
+    assert_eq!(row.owner, None, "a failed partition has no owner");
+    let runs = cluster.tenures();
+    assert_eq!(runs.len(), 3, "started, restarted twice, then failed: {runs:?}");
+    let owner = runs[0].worker;
+    assert!(runs.iter().all(|t| t.worker == owner && t.epoch == runs[0].epoch && !t.is_running()));
+    let events = cluster.events().await.expect("events");
+    let event = events.iter().find(|e| e.kind == EventKind::PartitionFailed).expect("partition_failed");
+    assert_eq!((event.worker, event.epoch), (Some(owner), Some(row.epoch)));
+    assert_eq!(event.detail["failures"], 3);
+
+    // The coordinator leaves it alone: no worker gets it back, however long we wait.
+    cluster.advance(Duration::from_secs(60)).await;
+    assert_eq!(cluster.tenures().len(), 3, "a failed partition is not granted again");
+    let row = cluster.store().assignments(queue.id).await.expect("rows").rows[0].clone();
+    assert_eq!((row.owner, row.state), (None, AssignmentState::Failed));
+    for worker in [&first, &second] {
+        assert!(worker.status().await.expect("status").partitions.is_empty());
+    }
+    cluster.check_settled(&queue).await.expect("settled with the partition failed");
+
+    // An operator's reset: granted again (the handler still panics, so it fails again).
+    assert!(cluster.store().reset_partition(queue.id, PartitionId(0)).await.expect("reset"));
+    let granted_again = || async { cluster.tenures().len() > 3 };
+    assert!(cluster.wait_until(LIMIT, granted_again).await, "granted again after the reset");
+    assert!(cluster.tenures()[3].epoch > runs[0].epoch);
+    assert!(cluster.wait_until(LIMIT, failed).await, "failed again");
     cluster.check_invariants().await.expect("invariants");
 }
 

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use helix_actors::TokioClock;
 use helix_actors::testing::CutOffStore;
 use helix_actors::worker::{
-    GetStatus, HandlerError, HandlerFactory, Kill, Leave, PartitionContext, PartitionHandler, PartitionState,
-    WorkerSession, WorkerStatusReport,
+    GetStatus, HandlerError, HandlerFactory, Kill, Leave, PartitionContext, PartitionHandler, WorkerSession,
+    WorkerStatusReport,
 };
 use helix_core::planner::PlanChange;
 use helix_core::{
@@ -373,13 +373,7 @@ async fn a_panicking_handler_restarts_with_backoff_then_ends_failed() {
     let (id, session) = env.start_worker(recording_factory(&env.log, true)).await;
     let epoch = env.grant(0, id).await;
 
-    wait_until!("the partition is failed", {
-        status(&session)
-            .await
-            .partitions
-            .iter()
-            .any(|p| p.partition == PartitionId(0) && p.state == PartitionState::Failed)
-    });
+    wait_until!("the failure is recorded", env.row(0).await.state == AssignmentState::Failed);
     let attempts = calls(&env.log, Call::Assigned, 0);
     assert_eq!(attempts.len(), 5, "five failures, then it stays stopped");
     assert!(attempts.iter().all(|a| a.1 == epoch));
@@ -388,32 +382,28 @@ async fn a_panicking_handler_restarts_with_backoff_then_ends_failed() {
         let backoff = Duration::from_millis(100) * 2u32.pow(u32::try_from(i).expect("small index"));
         assert!(gap >= backoff, "restart {} came after {gap:?}, expected at least {backoff:?}", i + 1);
     }
-
-    wait_until!("the failure is recorded", {
-        env.mem
-            .events_since(0, 1_000)
-            .await
-            .expect("events")
-            .iter()
-            .any(|e| e.kind == EventKind::PartitionFailed && e.partition == Some(PartitionId(0)))
-    });
+    let row = env.row(0).await;
+    assert_eq!((row.owner, row.epoch), (None, epoch.next()), "given up, fenced by a new epoch");
     let events = env.mem.events_since(0, 1_000).await.expect("events");
     let failed = events.iter().find(|e| e.kind == EventKind::PartitionFailed).expect("failed event");
     assert_eq!(failed.queue_id, Some(env.queue.id));
     assert_eq!(failed.worker, Some(id));
-    assert_eq!(failed.epoch, Some(epoch));
+    assert_eq!(failed.epoch, Some(epoch.next()));
+    assert_eq!(failed.detail["failures"], 5);
+    wait_until!("the session forgets it", status(&session).await.partitions.is_empty());
 
     // It stays stopped, and the worker itself stays healthy.
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(calls(&env.log, Call::Assigned, 0).len(), 5);
     let report = status(&session).await;
     assert!(!report.fenced);
-    assert_eq!(env.row(0).await.owner, Some(id), "failed is not persisted yet: the row stays owned");
+    assert!(report.partitions.is_empty());
+    assert_eq!(env.row(0).await.state, AssignmentState::Failed);
 
-    // A failed partition is still given up on leave, so the coordinator can move it.
-    let outcome = session.send(Leave).await.expect("leave answered");
-    assert_eq!(outcome.released, vec![(env.queue.id, PartitionId(0))]);
-    assert_eq!(env.row(0).await.owner, None);
+    // Once reset and granted again, it runs again (and, still panicking, restarts).
+    assert!(env.mem.reset_partition(env.queue.id, PartitionId(0)).await.expect("reset"));
+    let again = env.grant(0, id).await;
+    wait_until!("it runs again", calls(&env.log, Call::Assigned, 0).iter().any(|a| a.1 == again));
 }
 
 #[actix::test]

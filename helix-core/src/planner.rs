@@ -14,6 +14,7 @@
 //! | owner live, revoking                          | `T = owner`             | [`PlanChange::CancelRevoke`] (no longer needed) |
 //! | owner live, revoking towards `T`              | `T`                     | none (the owner is handing off) |
 //! | owner live, revoking towards another worker   | `T`                     | [`PlanChange::Retarget`] |
+//! | failed (no owner, waits for an operator)       | any                     | none                    |
 //!
 //! A target that is not live counts as no target. A grant only ever goes to a row whose
 //! owner is absent or dead, and a live owner gives a partition up only itself, by handing it
@@ -45,6 +46,9 @@ pub enum RowState {
         /// When the revocation was requested (database time).
         since: DateTime<Utc>,
     },
+    /// The partition failed too often on its last owner and has no owner. The planner leaves
+    /// it alone until an operator resets it.
+    Failed,
 }
 
 /// One partition's assignment row, as the planner sees it.
@@ -277,7 +281,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     for ((partition, row), &slot) in input.current.iter().enumerate().zip(input.target.owner_indices()) {
         let target = table.get(slot as usize).copied();
         // The steady state costs one comparison and no lookup.
-        if row.state == RowState::Assigned && row.owner == target {
+        if (row.state == RowState::Assigned && row.owner == target) || row.state == RowState::Failed {
             continue;
         }
         let partition = PartitionId(partition as u32);
@@ -295,6 +299,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             (Some(owner), RowState::Assigned) => (target != Some(owner)
                 && !input.cooldowns.is_cooling(partition, input.now))
             .then_some(PlanChange::Revoke { partition, expected_epoch, to: target }),
+            (Some(_), RowState::Failed) => None,
             (Some(owner), RowState::Revoking { target: revoking_to, since }) => {
                 if input.now.signed_duration_since(since) >= timeout {
                     Some(PlanChange::CancelRevoke {

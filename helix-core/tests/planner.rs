@@ -60,6 +60,7 @@ fn each_rule() {
         revoking(a, Some(dead), recent),              // 10: target died → retarget to the new target
         PartitionRow::assigned(Some(a), Epoch(3)),    // 11: cooling down → nothing
         PartitionRow::assigned(None, Epoch(4)),       // 12: nothing and nobody → nothing
+        PartitionRow { owner: None, epoch: Epoch(5), state: RowState::Failed }, // 13: failed → nothing
     ];
     let target = Assignment::from_owners([
         Some(a),
@@ -75,6 +76,7 @@ fn each_rule() {
         Some(c),
         Some(b),
         None,
+        Some(a),
     ]);
     let mut cooldowns = Cooldowns::new();
     cooldowns.insert(PartitionId(11), now + TimeDelta::seconds(1));
@@ -262,7 +264,9 @@ impl Sim {
                 }
                 PlanChange::Retarget { to, .. } => match row.state {
                     RowState::Revoking { since, .. } => row.state = RowState::Revoking { target: to, since },
-                    RowState::Assigned => return Err(TestCaseError::fail("retarget of an assigned row")),
+                    RowState::Assigned | RowState::Failed => {
+                        return Err(TestCaseError::fail("retarget of a row not revoking"));
+                    }
                 },
                 PlanChange::CancelRevoke { .. } => row.state = RowState::Assigned,
             }

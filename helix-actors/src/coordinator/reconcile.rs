@@ -183,6 +183,7 @@ pub fn plan_towards(input: &ReconcileInput<'_>, target: &Assignment) -> Plan {
             state: match row.state {
                 AssignmentState::Assigned => RowState::Assigned,
                 AssignmentState::Revoking => RowState::Revoking { target: row.target, since: row.updated_at },
+                AssignmentState::Failed => RowState::Failed,
             },
         })
         .collect();

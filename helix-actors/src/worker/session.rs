@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use helix_core::{ClusterConfig, DomainName, Epoch, PartitionId, QueueId, QueueName, SessionEpoch, WorkerId};
 use helix_store::{
-    AssignmentRecord, AssignmentState, EventKind, Heartbeat, NewEvent, QueueRecord, Store, StoreError,
-    StoreResult, WorkerRegistration, WorkerStatus,
+    AssignmentRecord, AssignmentState, Heartbeat, QueueRecord, Store, StoreError, StoreResult,
+    WorkerRegistration, WorkerStatus,
 };
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -22,8 +22,9 @@ pub type PartitionKey = (QueueId, PartitionId);
 
 /// How the session restarts a partition whose handler failed (an error or a panic in
 /// `assigned`): after `initial_backoff`, doubling up to `max_backoff`; after `max_failures`
-/// failures within `window` the partition is marked failed — a `PartitionFailed` event is
-/// recorded and the partition stays stopped in this process.
+/// failures within `window` the partition fails: the worker gives it up in the store as
+/// `FAILED` (with a `partition_failed` event), and the coordinator leaves it unowned until an
+/// operator resets it ([`Client::reset_partition`](crate::client::Client::reset_partition)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartPolicy {
     /// The wait before the first restart. Default 100 ms.
@@ -66,7 +67,8 @@ pub enum PartitionState {
     Draining,
     /// It was drained but the handoff did not reach the store; retried on the next poll.
     Stopped,
-    /// Its handler failed too often; it stays stopped (see [`RestartPolicy`]).
+    /// Its handler failed too often; it stays stopped until the store records it as failed
+    /// (see [`RestartPolicy`]).
     Failed,
 }
 
@@ -187,7 +189,9 @@ pub struct WorkerSession {
     left: bool,
     slots: BTreeMap<PartitionKey, Slot>,
     failures: BTreeMap<PartitionKey, VecDeque<Instant>>,
-    failed: BTreeSet<PartitionKey>,
+    /// Partitions that failed too often here and whose failure the store has not recorded
+    /// yet, with the event's detail: reported again on every poll until it is.
+    failed: BTreeMap<PartitionKey, serde_json::Value>,
     /// The epoch each partition was last handed over at: a poll read before the handoff
     /// committed must not start it again.
     given_up: BTreeMap<PartitionKey, Epoch>,
@@ -221,7 +225,7 @@ impl WorkerSession {
             left: false,
             slots: BTreeMap::new(),
             failures: BTreeMap::new(),
-            failed: BTreeSet::new(),
+            failed: BTreeMap::new(),
             given_up: BTreeMap::new(),
             queues: BTreeMap::new(),
             next_generation: 0,
@@ -397,6 +401,7 @@ impl WorkerSession {
             .map(|(key, _)| *key)
             .collect();
         for key in gone {
+            self.failed.remove(&key);
             if let Some(slot) = self.slots.remove(&key) {
                 info!(queue = %key.0, partition = %key.1, epoch = %slot.epoch, "partition no longer owned, stopping");
                 if let Some(actor) = slot.actor {
@@ -413,14 +418,10 @@ impl WorkerSession {
                     self.slots.remove(&key);
                     self.start(key, row.epoch, ctx);
                 }
+                // Its failure did not reach the store yet: report it again.
+                (AssignmentState::Assigned, Some(PartitionState::Failed)) => self.report_failed(key, ctx),
                 (AssignmentState::Assigned, Some(_)) => {}
-                (AssignmentState::Assigned, None) if self.failed.contains(&key) => {
-                    let generation = self.generation();
-                    self.slots.insert(
-                        key,
-                        Slot { epoch: row.epoch, generation, actor: None, state: PartitionState::Failed },
-                    );
-                }
+                (AssignmentState::Failed, _) => {}
                 (AssignmentState::Assigned, None)
                     if self.given_up.get(&key).is_some_and(|e| row.epoch <= *e) =>
                 {
@@ -522,26 +523,14 @@ impl WorkerSession {
         let count = history.len();
         if count >= self.policy.max_failures {
             slot.state = PartitionState::Failed;
-            self.failed.insert(key);
-            error!(queue = %key.0, partition = %key.1, %epoch, failures = count, %reason, "partition failed too often, keeping it stopped");
-            let mut event = NewEvent::new(EventKind::PartitionFailed);
-            event.queue_id = Some(key.0);
-            event.partition = Some(key.1);
-            event.worker = Some(self.registration.id);
-            event.epoch = Some(epoch);
-            event.detail = serde_json::json!({
+            error!(queue = %key.0, partition = %key.1, %epoch, failures = count, %reason, "partition failed too often, giving it up as failed");
+            let detail = serde_json::json!({
                 "failures": count,
                 "window_ms": u64::try_from(self.policy.window.as_millis()).unwrap_or(u64::MAX),
                 "last_error": reason,
             });
-            let store = Arc::clone(&self.store);
-            ctx.spawn(
-                async move { store.append_event(&event).await }.into_actor(self).map(move |outcome, _, _| {
-                    if let Err(error) = outcome {
-                        warn!(queue = %key.0, partition = %key.1, %error, "could not record the partition failure");
-                    }
-                }),
-            );
+            self.failed.insert(key, detail);
+            self.report_failed(key, ctx);
             return;
         }
         let delay = self.policy.backoff(count);
@@ -556,6 +545,40 @@ impl WorkerSession {
                 act.start(key, epoch, ctx);
             }
         });
+    }
+
+    /// Gives a failed partition up in the store (`FAILED`, no owner, fenced by its epoch), so
+    /// that the coordinator leaves it alone until an operator resets it. A failure to reach
+    /// the store leaves the partition stopped here and is retried on the next poll.
+    fn report_failed(&mut self, key: PartitionKey, ctx: &mut Context<Self>) {
+        let (Some(slot), Some(detail)) = (self.slots.get(&key), self.failed.get(&key)) else {
+            return;
+        };
+        let (epoch, generation) = (slot.epoch, slot.generation);
+        let store = Arc::clone(&self.store);
+        let (id, detail) = (self.id(), detail.clone());
+        let report = async move { store.fail_partition(key.0, key.1, id, epoch, &detail).await };
+        ctx.spawn(report.into_actor(self).map(move |outcome, act, _| {
+            let current = act.slots.get(&key).is_some_and(|s| s.generation == generation);
+            match outcome {
+                Ok(_) | Err(StoreError::Fenced(_)) => {
+                    if let Err(StoreError::Fenced(reason)) = outcome {
+                        info!(queue = %key.0, partition = %key.1, %epoch, %reason, "failed partition had already moved");
+                    } else {
+                        info!(queue = %key.0, partition = %key.1, %epoch, "partition recorded as failed");
+                    }
+                    act.given_up.insert(key, epoch);
+                    act.failed.remove(&key);
+                    act.failures.remove(&key);
+                    if current {
+                        act.slots.remove(&key);
+                    }
+                }
+                Err(error) => {
+                    warn!(queue = %key.0, partition = %key.1, %epoch, %error, "could not record the partition failure, retrying on the next poll");
+                }
+            }
+        }));
     }
 
     fn status(&self) -> WorkerStatusReport {
