@@ -4,16 +4,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use helix_core::failure::{FlapHistory, FlapPolicy};
+use helix_core::failure::FlapPolicy;
 use helix_core::planner::Cooldowns;
 use helix_core::{ClusterConfig, QueueId, SessionEpoch, WorkerId};
 use helix_store::{
-    AssignmentState, CoordinatorFence, QueueRecord, Store, StoreError, Subscription, WorkerFilter,
-    WorkerStatus,
+    AssignmentState, CoordinatorFence, QueueRecord, Store, StoreError, Subscription, WorkerStatus,
 };
 use tokio::time::Instant;
 
 use super::allocator::Allocate;
+use super::detector::{FailureDetector, Sweep, WorkersExpired};
 use super::election::{LeadershipChanged, StepDown};
 use super::reconcile::{ReconcileInput, allocation_request, plan_towards};
 
@@ -42,7 +42,6 @@ pub struct RunRound;
 #[derive(Debug, Default)]
 struct Memory {
     cooldowns: BTreeMap<QueueId, Cooldowns>,
-    flaps: FlapHistory,
     /// Live membership as last seen: who, which session, which status, which queues.
     membership: Vec<(WorkerId, SessionEpoch, WorkerStatus, Vec<Subscription>)>,
     held_back: BTreeSet<WorkerId>,
@@ -57,8 +56,9 @@ struct Memory {
 
 /// Reconciles every queue while this process leads.
 ///
-/// On every `reconcile_interval` tick it: declares dead the workers whose lease ran out on the
-/// store's clock (holding back those that flap, per [`FlapPolicy`]); re-reads the queues whose
+/// On every `reconcile_interval` tick it: asks its [`FailureDetector`] to declare dead the
+/// workers whose lease ran out on the store's clock (holding back those that flap, per
+/// [`FlapPolicy`]); re-reads the queues whose
 /// assignment version moved, all of them when the live membership changed, those with a
 /// revocation under way, and every queue each `full_reevaluation_interval`; asks its allocator
 /// for each such queue's target; and applies the planned changes fenced by its term. A write
@@ -68,6 +68,8 @@ pub struct Coordinator {
     config: ClusterConfig,
     flap_policy: FlapPolicy,
     allocator: Recipient<Allocate>,
+    /// Started with the coordinator unless one was given.
+    detector: Option<Recipient<Sweep>>,
     election: Option<Recipient<StepDown>>,
     fence: Option<CoordinatorFence>,
     /// `None` while a round runs: the round owns it.
@@ -86,6 +88,7 @@ impl Coordinator {
             config,
             flap_policy: FlapPolicy::default(),
             allocator,
+            detector: None,
             election: None,
             fence: None,
             memory: Some(Memory::default()),
@@ -100,10 +103,19 @@ impl Coordinator {
         self
     }
 
-    /// Uses `policy` to hold back flapping workers.
+    /// Uses `policy` to hold back flapping workers (in the [`FailureDetector`] the coordinator
+    /// starts; ignored with [`with_failure_detector`](Self::with_failure_detector)).
     #[must_use]
     pub fn with_flap_policy(mut self, policy: FlapPolicy) -> Self {
         self.flap_policy = policy;
+        self
+    }
+
+    /// Sweeps for dead workers through `detector` instead of starting its own
+    /// [`FailureDetector`].
+    #[must_use]
+    pub fn with_failure_detector(mut self, detector: Recipient<Sweep>) -> Self {
+        self.detector = Some(detector);
         self
     }
 
@@ -113,6 +125,7 @@ impl Coordinator {
         force_full: bool,
     ) -> Option<impl ActorFuture<Self, Output = Option<RoundReport>> + use<>> {
         let fence = self.fence.clone()?;
+        let detector = self.detector.clone()?;
         let memory = self.memory.take()?;
         let full = force_full
             || self.last_full.is_none_or(|at| at.elapsed() >= self.config.full_reevaluation_interval);
@@ -122,7 +135,7 @@ impl Coordinator {
         let round = run_round(
             Arc::clone(&self.store),
             self.config.clone(),
-            self.flap_policy,
+            detector,
             self.allocator.clone(),
             fence.clone(),
             memory,
@@ -155,6 +168,10 @@ impl Actor for Coordinator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.detector.is_none() {
+            let detector = FailureDetector::new(Arc::clone(&self.store), self.flap_policy).start();
+            self.detector = Some(detector.recipient());
+        }
         ctx.run_interval(self.config.reconcile_interval, |act, ctx| {
             if let Some(round) = act.start_round(false) {
                 ctx.spawn(round.map(|_, _, _| ()));
@@ -203,20 +220,20 @@ impl Handler<RunRound> for Coordinator {
 async fn run_round(
     store: Arc<dyn Store>,
     config: ClusterConfig,
-    flap_policy: FlapPolicy,
+    detector: Recipient<Sweep>,
     allocator: Recipient<Allocate>,
     fence: CoordinatorFence,
     mut memory: Memory,
     full: bool,
 ) -> (Memory, Result<RoundReport, StoreError>) {
-    let result = round(&*store, &config, &flap_policy, &allocator, &fence, &mut memory, full).await;
+    let result = round(&*store, &config, &detector, &allocator, &fence, &mut memory, full).await;
     (memory, result)
 }
 
 async fn round(
     store: &dyn Store,
     config: &ClusterConfig,
-    flap_policy: &FlapPolicy,
+    detector: &Recipient<Sweep>,
     allocator: &Recipient<Allocate>,
     fence: &CoordinatorFence,
     memory: &mut Memory,
@@ -225,23 +242,14 @@ async fn round(
     let mut report = RoundReport::default();
 
     // Failure detection, on the store's clock.
-    let expired: Vec<WorkerId> =
-        store.list_workers(WorkerFilter::Expired).await?.iter().map(|w| w.id).collect();
-    let now = store.now().await?;
-    if !expired.is_empty() {
-        report.declared_dead = store.mark_workers_dead(fence, &expired).await?;
-        for worker in &report.declared_dead {
-            tracing::info!(worker = %worker, term = fence.term.0, "worker declared dead");
-            memory.flaps.record_death(*worker, now);
-        }
-    }
-    memory.flaps.prune(now, flap_policy);
+    let WorkersExpired { declared_dead, live, held_back, now } = detector
+        .send(Sweep { fence: fence.clone() })
+        .await
+        .map_err(|err| StoreError::Unavailable(format!("the failure detector stopped: {err}")))??;
+    report.declared_dead = declared_dead;
 
-    let live = store.list_workers(WorkerFilter::Live).await?;
     let membership: Vec<_> =
         live.iter().map(|w| (w.id, w.session_epoch, w.status, w.subscriptions.clone())).collect();
-    let held_back: BTreeSet<WorkerId> =
-        live.iter().map(|w| w.id).filter(|w| memory.flaps.is_held_back(*w, now, flap_policy)).collect();
     let membership_changed = membership != memory.membership || held_back != memory.held_back;
     memory.membership = membership;
     memory.held_back = held_back;

@@ -2,8 +2,8 @@
 //! partition to a live worker.
 //!
 //! - [`LeaderElection`] takes and keeps the lease and says when this process leads;
-//! - [`Coordinator`] reconciles every queue on each tick while it leads: it declares expired
-//!   workers dead, asks its allocator for each queue's target, plans the changes and applies
+//! - [`Coordinator`] reconciles every queue on each tick while it leads: it has its
+//!   [`FailureDetector`] declare expired workers dead, asks its allocator for each queue's target, plans the changes and applies
 //!   them fenced by its term;
 //! - the allocator is any actor that answers [`Allocate`]; [`StrategyAllocator`] serves the
 //!   strategies of `helix-core` by the name in each queue's `allocator` column.
@@ -13,11 +13,13 @@
 
 mod actor;
 mod allocator;
+mod detector;
 mod election;
 mod reconcile;
 
 pub use actor::{Coordinator, RoundReport, RunRound};
 pub use allocator::{Allocate, AllocateError, StrategyAllocator};
+pub use detector::{FailureDetector, Sweep, WorkersExpired};
 pub use election::{CurrentFence, LeaderElection, LeadershipChanged, Resign, StepDown, takeover_bound};
 pub use reconcile::{
     AllocationRequest, CONSTRAINTS_KEY, ReconcileError, ReconcileInput, Reconciled, allocation_request,
