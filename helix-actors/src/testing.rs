@@ -53,6 +53,7 @@ pub fn fast_config() -> ClusterConfig {
         drain_timeout: Duration::from_secs(1),
         revoke_timeout: Duration::from_secs(5),
         revoke_cooldown: Duration::from_secs(5),
+        rejoin_delay: Duration::ZERO,
     }
 }
 
@@ -684,7 +685,28 @@ impl SimCluster {
         factory: HandlerFactory,
         policy: RestartPolicy,
     ) -> SimWorker {
-        let id = WorkerId::new_v7();
+        self.spawn_worker(WorkerId::new_v7(), queues, factory, policy)
+    }
+
+    /// Starts `worker` again, as a new process with the same identity would after a restart
+    /// (a new session under the same id), once it was stopped or killed.
+    pub fn restart(
+        &mut self,
+        worker: &SimWorker,
+        queues: &[(&QueueRecord, u32)],
+        factory: HandlerFactory,
+    ) -> SimWorker {
+        self.killed.remove(&worker.id);
+        self.spawn_worker(worker.id, queues, factory, RestartPolicy::default())
+    }
+
+    fn spawn_worker(
+        &mut self,
+        id: WorkerId,
+        queues: &[(&QueueRecord, u32)],
+        factory: HandlerFactory,
+        policy: RestartPolicy,
+    ) -> SimWorker {
         let link = CutOffStore::new(Arc::clone(&self.store));
         let registration = WorkerRegistration {
             id,

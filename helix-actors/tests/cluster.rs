@@ -56,6 +56,68 @@ fn millis(d: chrono::TimeDelta) -> i64 {
     d.num_milliseconds()
 }
 
+/// [`cluster`] with a rejoin delay of 20 s.
+async fn cluster_with_rejoin(workers: usize, partitions: u64) -> (SimCluster, QueueRecord, Vec<SimWorker>) {
+    tokio::time::pause();
+    let config = ClusterConfig { rejoin_delay: Duration::from_secs(20), ..ClusterConfig::default() };
+    let mut cluster = SimCluster::new(config).await.expect("cluster");
+    let queue = cluster.create_queue("domain_order", "food_order", partitions).await.expect("queue");
+    cluster.add_coordinator();
+    let workers = (0..workers).map(|_| cluster.add_worker(&[(&queue, 1)], noop_handler())).collect();
+    (cluster, queue, workers)
+}
+
+#[actix::test]
+async fn a_restart_within_the_rejoin_delay_moves_nothing() {
+    let (mut cluster, queue, workers) = cluster_with_rejoin(3, 50).await;
+    settle(&cluster, &queue, &[16, 17, 17]).await;
+    let before = cluster.partition_map(&queue).await.expect("map");
+    let rows_before = cluster.store().assignments(queue.id).await.expect("rows").rows;
+    let restarted = &workers[0];
+    let its_own = owned_by(&before, restarted.id());
+
+    let outcome = cluster.stop(restarted).await.expect("leave");
+    assert_eq!(outcome.kept.len(), its_own.len(), "{outcome:?}");
+    assert!(outcome.released.is_empty() && outcome.deregistered);
+    cluster.advance(Duration::from_secs(15)).await;
+    assert_eq!(cluster.partition_map(&queue).await.expect("map"), before, "held while it is away");
+
+    let again = cluster.restart(restarted, &[(&queue, 1)], noop_handler());
+    settle(&cluster, &queue, &[16, 17, 17]).await;
+    assert_eq!(cluster.partition_map(&queue).await.expect("map"), before, "nothing moved");
+    let rows_after = cluster.store().assignments(queue.id).await.expect("rows").rows;
+    let epochs = |rows: &[helix_store::AssignmentRecord]| rows.iter().map(|r| r.epoch).collect::<Vec<_>>();
+    assert_eq!(epochs(&rows_after), epochs(&rows_before), "no partition changed hands");
+    let status = again.status().await.expect("status");
+    assert_eq!(status.partitions.len(), its_own.len(), "its partitions run again");
+    cluster.check_invariants().await.expect("invariants");
+}
+
+#[actix::test]
+async fn partitions_wait_out_the_rejoin_delay_then_move() {
+    let (mut cluster, queue, workers) = cluster_with_rejoin(3, 50).await;
+    settle(&cluster, &queue, &[16, 17, 17]).await;
+    let gone = &workers[0];
+    let its_own = owned_by(&cluster.partition_map(&queue).await.expect("map"), gone.id());
+    let left_at = cluster.now();
+    cluster.stop(gone).await.expect("leave");
+
+    settle(&cluster, &queue, &[25, 25]).await;
+    let first_grant = cluster
+        .events()
+        .await
+        .expect("events")
+        .iter()
+        .filter(|e| e.kind == EventKind::PartitionGranted && e.at > left_at)
+        .filter(|e| e.partition.is_some_and(|p| its_own.contains(&p)))
+        .map(|e| e.at)
+        .min()
+        .expect("its partitions were granted elsewhere");
+    let waited = (first_grant - left_at).to_std().expect("positive");
+    assert!(waited >= Duration::from_secs(20), "moved after {waited:?}, before the rejoin delay");
+    cluster.check_invariants().await.expect("invariants");
+}
+
 #[actix::test]
 async fn three_workers_share_fifty_partitions_17_17_16() {
     let (cluster, queue, _workers) = cluster(3, 50).await;

@@ -59,6 +59,14 @@ pub struct ClusterConfig {
     /// Default 60 s.
     #[serde(with = "humantime_serde")]
     pub revoke_cooldown: Duration,
+    /// How long the partitions of a worker that left or died wait for it to come back under
+    /// the same identity before they move (static membership, as in Kafka; Helix's delayed
+    /// rebalance). While it is above zero, a graceful leave keeps the worker's partitions
+    /// (drained, stopped) instead of releasing them, so a rolling restart moves nothing; the
+    /// price is that a worker that does not come back leaves its partitions idle for this
+    /// long. Default zero: partitions move at once.
+    #[serde(with = "humantime_serde")]
+    pub rejoin_delay: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -74,6 +82,7 @@ impl Default for ClusterConfig {
             drain_timeout: Duration::from_secs(10),
             revoke_timeout: Duration::from_secs(30),
             revoke_cooldown: Duration::from_secs(60),
+            rejoin_delay: Duration::ZERO,
         }
     }
 }
@@ -114,7 +123,7 @@ pub enum ConfigError {
 const A_DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl ClusterConfig {
-    /// Checks that every duration is positive and not absurd, that a worker renews at least
+    /// Checks that every duration is positive (`rejoin_delay` may be zero) and not absurd, that a worker renews at least
     /// twice per session timeout, that the leader renews at least twice per lease, and that
     /// the safety margin leaves time to act.
     ///
@@ -137,6 +146,8 @@ impl ClusterConfig {
             if value.is_zero() {
                 return Err(ConfigError::Zero { field });
             }
+        }
+        for (field, value) in fields.into_iter().chain([("rejoin_delay", self.rejoin_delay)]) {
             if value > A_DAY {
                 return Err(ConfigError::Absurd { field, value });
             }
@@ -194,6 +205,8 @@ mod tests {
         assert_eq!(config.validate(), Err(ConfigError::Zero { field: "reconcile_interval" }));
         let config = ClusterConfig { revoke_cooldown: Duration::from_secs(100_000), ..Default::default() };
         assert!(matches!(config.validate(), Err(ConfigError::Absurd { field: "revoke_cooldown", .. })));
+        let config = ClusterConfig { rejoin_delay: Duration::from_secs(100_000), ..Default::default() };
+        assert!(matches!(config.validate(), Err(ConfigError::Absurd { field: "rejoin_delay", .. })));
     }
 
     #[test]

@@ -52,6 +52,9 @@ struct Memory {
     loads: BTreeMap<QueueId, BTreeMap<WorkerId, u64>>,
     /// Queues with a revocation under way: re-evaluated every round until it settles.
     revoking: BTreeSet<QueueId>,
+    /// Queues with partitions held for a worker's return (`rejoin_delay`): re-evaluated every
+    /// round until the worker is back or the delay is over.
+    holding: BTreeSet<QueueId>,
 }
 
 /// Reconciles every queue while this process leads.
@@ -260,10 +263,14 @@ async fn round(
     memory.loads.retain(|q, _| known.contains(q));
     memory.cooldowns.retain(|q, _| known.contains(q));
     memory.revoking.retain(|q| known.contains(q));
+    memory.holding.retain(|q| known.contains(q));
+    let live_ids: BTreeSet<WorkerId> = live.iter().map(|w| w.id).collect();
+    let mut rejoin = Rejoin::new(config.rejoin_delay, now);
 
     for queue in &queues {
         let changed = memory.versions.get(&queue.id) != Some(&queue.assignment_version);
-        if !(full || membership_changed || changed || memory.revoking.contains(&queue.id)) {
+        let watched = memory.revoking.contains(&queue.id) || memory.holding.contains(&queue.id);
+        if !(full || membership_changed || changed || watched) {
             continue;
         }
         report.reconciled.push(queue.id);
@@ -317,7 +324,14 @@ async fn round(
         for owner in allocation.assignment.iter().filter_map(|(_, owner)| owner) {
             *target_loads.entry(owner).or_default() += 1;
         }
-        let plan = plan_towards(&input, &allocation.assignment);
+        let mut plan = plan_towards(&input, &allocation.assignment);
+        let held = rejoin.hold(store, &read.rows, &live_ids, &mut plan).await?;
+        if held > 0 {
+            tracing::debug!(queue = %queue.id, held, "partitions held for their owner's return");
+            memory.holding.insert(queue.id);
+        } else {
+            memory.holding.remove(&queue.id);
+        }
         let revoking_after = read.rows.iter().any(|r| r.state == AssignmentState::Revoking)
             || plan.changes.iter().any(|c| matches!(c, helix_core::planner::PlanChange::Revoke { .. }));
         if revoking_after {
@@ -344,4 +358,55 @@ async fn round(
         memory.versions.remove(&queue.id);
     }
     Ok(report)
+}
+
+/// The partitions of workers that left or died less than `rejoin_delay` ago wait for them:
+/// no change is applied to a row whose owner is such a worker (static membership).
+struct Rejoin {
+    delay: chrono::TimeDelta,
+    now: chrono::DateTime<chrono::Utc>,
+    /// Whether each owner seen gone this round is still within its delay.
+    reserved: BTreeMap<WorkerId, bool>,
+}
+
+impl Rejoin {
+    fn new(delay: std::time::Duration, now: chrono::DateTime<chrono::Utc>) -> Self {
+        let delay = chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
+        Self { delay, now, reserved: BTreeMap::new() }
+    }
+
+    /// Drops from `plan` the changes to rows owned by a reserved worker; returns how many rows
+    /// are held. Reads the record of each gone owner once per round, and only with a delay.
+    async fn hold(
+        &mut self,
+        store: &dyn Store,
+        rows: &[helix_store::AssignmentRecord],
+        live: &BTreeSet<WorkerId>,
+        plan: &mut helix_core::planner::Plan,
+    ) -> Result<usize, StoreError> {
+        if self.delay.is_zero() {
+            return Ok(0);
+        }
+        let mut held = BTreeSet::new();
+        for row in rows {
+            let Some(owner) = row.owner.filter(|o| !live.contains(o)) else { continue };
+            if !self.reserved.contains_key(&owner) {
+                let reserved = match store.get_worker(owner).await {
+                    // The lease ended when it left, or ran out when it died.
+                    Ok(record) => record
+                        .lease_expires_at
+                        .checked_add_signed(self.delay)
+                        .is_none_or(|until| self.now < until),
+                    Err(StoreError::NotFound(_)) => false,
+                    Err(err) => return Err(err),
+                };
+                self.reserved.insert(owner, reserved);
+            }
+            if self.reserved.get(&owner) == Some(&true) {
+                held.insert(row.partition);
+            }
+        }
+        plan.changes.retain(|change| !held.contains(&change.partition()));
+        Ok(held.len())
+    }
 }

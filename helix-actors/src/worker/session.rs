@@ -120,7 +120,8 @@ pub struct GetStatus;
 
 /// Asks a [`WorkerSession`] to leave gracefully (docs/protocol.md, "Graceful leave"): mark
 /// itself DRAINING, drain every partition, hand over the revoking ones and release the
-/// others (so the coordinator can grant them at once), deregister, and stop. If the actor is
+/// others (so the coordinator can grant them at once; with a cluster `rejoin_delay`, keep them
+/// for this worker's return instead), deregister, and stop. If the actor is
 /// stopped from inside (`Actor::stopping`), it leaves the same way first. A second `Leave`
 /// while one is under way answers at once with an empty outcome.
 #[derive(Debug, Clone, Copy, Message)]
@@ -143,6 +144,9 @@ pub struct LeaveOutcome {
     pub released: Vec<PartitionKey>,
     /// The partitions handed over to the target of their revocation.
     pub handed_off: Vec<PartitionKey>,
+    /// The partitions kept for this worker's return, when the cluster has a `rejoin_delay`:
+    /// they stay its own, stopped, and move only if it does not register again in time.
+    pub kept: Vec<PartitionKey>,
     /// Whether the deregistration reached the store; when it did not, the lease simply expires.
     pub deregistered: bool,
 }
@@ -607,7 +611,9 @@ impl WorkerSession {
             self.slots.values().filter_map(|s| s.actor.clone()).map(|actor| actor.send(Drain)).collect();
         let store = Arc::clone(&self.store);
         let (id, session) = (self.id(), self.session);
-        info!(worker = %id, partitions = self.slots.len(), "leaving");
+        // With a rejoin delay the partitions wait for this worker to come back (a restart).
+        let keep = !self.config.rejoin_delay.is_zero();
+        info!(worker = %id, partitions = self.slots.len(), keep, "leaving");
         let leave = async move {
             let mut outcome = LeaveOutcome::default();
             let Some(session) = session else {
@@ -623,6 +629,10 @@ impl WorkerSession {
                     for row in rows {
                         let key = (row.queue_id, row.partition);
                         let revoking = row.state == AssignmentState::Revoking;
+                        if keep && !revoking {
+                            outcome.kept.push(key);
+                            continue;
+                        }
                         let result = if revoking {
                             store.handoff(key.0, key.1, id, row.epoch).await
                         } else {
