@@ -11,6 +11,9 @@
 //!   fences itself when it cannot renew in time, runs one supervised partition actor per owned
 //!   partition with the user's [`worker::PartitionHandler`], hands revoked partitions over
 //!   and leaves gracefully;
+//! - [`store_actor`]: [`store_actor::StoreActor`], the single door of a node to its store:
+//!   every operation a typed message, a bounded number in flight, and a
+//!   [`store_actor::StoreHandle`] that is itself a [`helix_store::Store`];
 //! - [`testing`]: [`testing::SimCluster`], a whole cluster on virtual time with faults and an
 //!   invariant checker, and [`TokioClock`] for the in-memory store.
 //!
@@ -20,6 +23,7 @@ pub mod client;
 mod clock;
 pub mod coordinator;
 pub mod node;
+pub mod store_actor;
 pub mod testing;
 pub mod worker;
 

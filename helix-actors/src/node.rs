@@ -3,7 +3,9 @@
 //! [`PartitionHandler`].
 //!
 //! Both run on the actix system of the calling thread (start them inside `#[actix::main]`,
-//! `#[actix::test]` or an `actix_rt::System`), over any [`Store`].
+//! `#[actix::test]` or an `actix_rt::System`), over any [`Store`]. Each started node reaches
+//! its store through a [`StoreActor`] of its own (at most [`DEFAULT_MAX_IN_FLIGHT`]
+//! operations at once), the single door to the database of DESIGN §5.
 //!
 //! ```
 //! use std::time::Duration;
@@ -69,6 +71,7 @@ use crate::coordinator::{
     Allocate, Coordinator, CurrentFence, LeaderElection, LeadershipChanged, Resign, RoundReport, RunRound,
     StrategyAllocator,
 };
+use crate::store_actor::{DEFAULT_MAX_IN_FLIGHT, StoreActor};
 use crate::worker::{
     GetStatus, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler, WorkerSession,
     WorkerStatusReport,
@@ -173,14 +176,16 @@ impl CoordinatorNode {
         self
     }
 
-    /// Validates the configuration and starts the election, the coordinator and (unless one
-    /// was plugged in) the default allocator on the current arbiter.
+    /// Validates the configuration and starts the node's [`StoreActor`], the election, the
+    /// coordinator and (unless one was plugged in) the default allocator on the current
+    /// arbiter; the election and the coordinator reach the store through the store actor.
     ///
     /// # Errors
     /// [`NodeError::Config`] when the configuration does not validate.
     pub fn start(self) -> Result<CoordinatorHandle, NodeError> {
         self.config.validate()?;
         let Self { store, config, cluster, id, allocator } = self;
+        let store = StoreActor::start_handle(store, DEFAULT_MAX_IN_FLIGHT).into_store();
         let allocator = allocator.unwrap_or_else(|| StrategyAllocator.start().recipient());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let mut election = None;
@@ -348,8 +353,9 @@ impl WorkerBuilder {
         self.handler(Arc::new(make))
     }
 
-    /// Validates the worker, checks that every served queue exists and starts the worker
-    /// session on the current arbiter; it registers at once.
+    /// Validates the worker, starts its [`StoreActor`], checks through it that every served
+    /// queue exists and starts the worker session on the current arbiter, reaching the store
+    /// through the store actor; it registers at once.
     ///
     /// # Errors
     /// [`NodeError::Config`] for an invalid configuration, [`NodeError::Invalid`] without a
@@ -364,8 +370,9 @@ impl WorkerBuilder {
         if let Some(zero) = self.subscriptions.iter().find(|s| s.capacity == 0) {
             return Err(NodeError::Invalid(format!("capacity 0 for queue {}", zero.queue_id)));
         }
+        let store = StoreActor::start_handle(self.store, DEFAULT_MAX_IN_FLIGHT).into_store();
         for subscription in &self.subscriptions {
-            self.store.get_queue_by_id(subscription.queue_id).await?;
+            store.get_queue_by_id(subscription.queue_id).await?;
         }
         let registration = WorkerRegistration {
             id: self.id,
@@ -375,7 +382,7 @@ impl WorkerBuilder {
             subscriptions: self.subscriptions,
             session_timeout: self.config.session_timeout,
         };
-        let session = WorkerSession::new(self.store, self.config, registration, factory).start();
+        let session = WorkerSession::new(store, self.config, registration, factory).start();
         tracing::info!(worker = %self.id, "worker started");
         Ok(WorkerHandle { id: self.id, session })
     }
