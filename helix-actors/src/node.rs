@@ -73,8 +73,8 @@ use crate::coordinator::{
 };
 use crate::store_actor::{DEFAULT_MAX_IN_FLIGHT, StoreActor};
 use crate::worker::{
-    GetStatus, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler, WorkerSession,
-    WorkerStatusReport,
+    GetStatus, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler, RestartPolicy,
+    WorkerSession, WorkerStatusReport,
 };
 
 /// Why a node could not be started or could not answer.
@@ -287,6 +287,7 @@ impl Worker {
             labels: BTreeMap::new(),
             subscriptions: Vec::new(),
             factory: None,
+            policy: RestartPolicy::default(),
         }
     }
 }
@@ -309,6 +310,7 @@ pub struct WorkerBuilder {
     labels: BTreeMap<String, String>,
     subscriptions: Vec<Subscription>,
     factory: Option<HandlerFactory>,
+    policy: RestartPolicy,
 }
 
 impl WorkerBuilder {
@@ -342,6 +344,13 @@ impl WorkerBuilder {
     /// Creates each partition's handler with `factory`.
     pub fn handler(mut self, factory: HandlerFactory) -> Self {
         self.factory = Some(factory);
+        self
+    }
+
+    /// Restarts failing partitions and gives them up as failed per `policy` instead of the
+    /// default [`RestartPolicy`].
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -382,7 +391,9 @@ impl WorkerBuilder {
             subscriptions: self.subscriptions,
             session_timeout: self.config.session_timeout,
         };
-        let session = WorkerSession::new(store, self.config, registration, factory).start();
+        let session = WorkerSession::new(store, self.config, registration, factory)
+            .with_restart_policy(self.policy)
+            .start();
         tracing::info!(worker = %self.id, "worker started");
         Ok(WorkerHandle { id: self.id, session })
     }
@@ -418,7 +429,8 @@ impl WorkerHandle {
     }
 
     /// Leaves gracefully: drains every partition, hands over or releases them (so the
-    /// coordinator can grant them at once), deregisters and stops.
+    /// coordinator can grant them at once; with a cluster `rejoin_delay`, keeps them for this
+    /// worker's return under the same id), deregisters and stops.
     ///
     /// # Errors
     /// [`NodeError::Stopped`] when the worker had already stopped.
