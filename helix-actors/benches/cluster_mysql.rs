@@ -24,6 +24,7 @@
 //! It takes about three minutes. The statement counts are global to the server: run it on an
 //! otherwise idle server (each idle window runs twice so a disturbance shows).
 //!
+//! Every node reaches its store through a Store actor, as `CoordinatorNode` and `Worker` do.
 //! Each process role has its own connection pool, except the 100 idle workers of part 4:
 //! 100 pools would not fit in MariaDB's default `max_connections` (151), so groups of
 //! four workers share one pool of two connections (the statements are the same).
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use helix_actors::coordinator::{Coordinator, LeaderElection, LeadershipChanged, Resign, StrategyAllocator};
+use helix_actors::store_actor::{DEFAULT_MAX_IN_FLIGHT, StoreActor};
 use helix_actors::testing::{CutOffStore, noop_handler};
 use helix_actors::worker::{GetStatus, Leave, PartitionState, WorkerSession};
 use helix_core::{
@@ -138,9 +140,9 @@ impl Cluster {
             subscriptions: self.queues.iter().map(|q| Subscription { queue_id: *q, capacity: 1 }).collect(),
             session_timeout: self.config.session_timeout,
         };
-        let addr =
-            WorkerSession::new(Arc::new(link.clone()), self.config.clone(), registration, noop_handler())
-                .start();
+        // As a node does: the session reaches the store through a Store actor.
+        let door = StoreActor::start_handle(Arc::new(link.clone()), DEFAULT_MAX_IN_FLIGHT).into_store();
+        let addr = WorkerSession::new(door, self.config.clone(), registration, noop_handler()).start();
         self.links.push(link.clone());
         self.workers.push(WorkerNode { id, link, addr });
         id
@@ -150,7 +152,7 @@ impl Cluster {
     async fn add_coordinator(&mut self) -> BenchResult<WorkerId> {
         let id = WorkerId::new_v7();
         let link = CutOffStore::new(pool(&self.db, 2).await?);
-        let store: Arc<dyn Store> = Arc::new(link.clone());
+        let store = StoreActor::start_handle(Arc::new(link.clone()), DEFAULT_MAX_IN_FLIGHT).into_store();
         let config = self.config.clone();
         let allocator = StrategyAllocator.start().recipient();
         let mut election = None;
