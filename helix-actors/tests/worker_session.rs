@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use helix_actors::TokioClock;
 use helix_actors::testing::CutOffStore;
 use helix_actors::worker::{
-    GetStatus, HandlerError, HandlerFactory, Kill, Leave, PartitionContext, PartitionHandler, WorkerSession,
-    WorkerStatusReport,
+    GetStatus, HandlerError, HandlerFactory, Kill, Leave, PartitionContext, PartitionHandler, PartitionState,
+    RestartPolicy, WorkerSession, WorkerStatusReport,
 };
 use helix_core::planner::PlanChange;
 use helix_core::{
@@ -404,6 +404,54 @@ async fn a_panicking_handler_restarts_with_backoff_then_ends_failed() {
     assert!(env.mem.reset_partition(env.queue.id, PartitionId(0)).await.expect("reset"));
     let again = env.grant(0, id).await;
     wait_until!("it runs again", calls(&env.log, Call::Assigned, 0).iter().any(|a| a.1 == again));
+}
+
+/// A handler whose `assigned` waits for the test's signal, then fails.
+struct FailsOnSignal(Arc<tokio::sync::Notify>);
+
+#[async_trait(?Send)]
+impl PartitionHandler for FailsOnSignal {
+    async fn assigned(&mut self, _: &PartitionContext) -> Result<(), HandlerError> {
+        self.0.notified().await;
+        Err(HandlerError::msg("cannot go on"))
+    }
+    async fn revoked(&mut self, _: &PartitionContext) {}
+}
+
+#[actix::test]
+async fn a_failure_that_cannot_reach_the_store_is_reported_again_once_it_can() {
+    let env = Env::new(4).await;
+    let signal = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&signal);
+    let factory: HandlerFactory = Arc::new(move |_: &PartitionContext| {
+        Box::new(FailsOnSignal(Arc::clone(&gate))) as Box<dyn PartitionHandler>
+    });
+    let id = WorkerId::new_v7();
+    let policy = RestartPolicy { max_failures: 1, ..RestartPolicy::default() };
+    let session =
+        WorkerSession::new(Arc::new(env.store.clone()), env.config.clone(), env.registration(id), factory)
+            .with_restart_policy(policy)
+            .start();
+    wait_until!("the worker registered", status(&session).await.session_epoch.is_some());
+    let epoch = env.grant(0, id).await;
+    wait_until!("the partition runs", runs(&session, env.queue.id, 0, epoch).await);
+
+    env.store.cut_off();
+    signal.notify_one();
+    wait_until!("the partition failed here", {
+        status(&session).await.partitions.iter().any(|p| p.state == PartitionState::Failed)
+    });
+    let row = env.row(0).await;
+    assert_eq!((row.owner, row.state), (Some(id), AssignmentState::Assigned), "the store has not heard yet");
+
+    // Back before the worker's lease runs out: its next poll reports the failure again.
+    env.store.restore();
+    wait_until!("the failure is recorded", env.row(0).await.state == AssignmentState::Failed);
+    assert_eq!(env.row(0).await.epoch, epoch.next());
+    let events = env.mem.events_since(0, 1_000).await.expect("events");
+    assert_eq!(events.iter().filter(|e| e.kind == EventKind::PartitionFailed).count(), 1);
+    wait_until!("the session forgets it", status(&session).await.partitions.is_empty());
+    assert!(!status(&session).await.fenced);
 }
 
 #[actix::test]
