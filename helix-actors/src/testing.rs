@@ -984,10 +984,10 @@ impl SimCluster {
         let tenures = self.tenures();
         for row in rows {
             let p = row.partition;
-            let runs = |t: &&Tenure| t.queue == queue.id && t.partition == p && t.is_running();
+            let runs = |t: &Tenure| t.queue == queue.id && t.partition == p && t.is_running();
             if row.state == AssignmentState::Failed {
                 // Settled while it waits for an operator, as long as it runs nowhere.
-                if tenures.iter().any(|t| runs(&t)) {
+                if tenures.iter().any(runs) {
                     violations.push(format!("partition {p} failed but still runs"));
                 }
                 continue;
@@ -1002,7 +1002,7 @@ impl SimCluster {
             if !live.contains(&owner) {
                 violations.push(format!("partition {p} is owned by {owner}, which is not live"));
             }
-            let running: Vec<&Tenure> = tenures.iter().filter(runs).collect();
+            let running: Vec<&Tenure> = tenures.iter().filter(|t| runs(t)).collect();
             match running.as_slice() {
                 [t] if t.worker == owner && t.epoch == row.epoch => {}
                 [] => violations.push(format!("partition {p} runs nowhere")),

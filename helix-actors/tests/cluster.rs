@@ -19,8 +19,17 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// A cluster with one coordinator node, `workers` workers and one queue of `partitions`.
 async fn cluster(workers: usize, partitions: u64) -> (SimCluster, QueueRecord, Vec<SimWorker>) {
+    cluster_with(ClusterConfig::default(), workers, partitions).await
+}
+
+/// [`cluster`] with timings of one's own.
+async fn cluster_with(
+    config: ClusterConfig,
+    workers: usize,
+    partitions: u64,
+) -> (SimCluster, QueueRecord, Vec<SimWorker>) {
     tokio::time::pause();
-    let mut cluster = SimCluster::new(ClusterConfig::default()).await.expect("cluster");
+    let mut cluster = SimCluster::new(config).await.expect("cluster");
     let queue = cluster.create_queue("domain_order", "food_order", partitions).await.expect("queue");
     cluster.add_coordinator();
     let workers = (0..workers).map(|_| cluster.add_worker(&[(&queue, 1)], noop_handler())).collect();
@@ -58,13 +67,8 @@ fn millis(d: chrono::TimeDelta) -> i64 {
 
 /// [`cluster`] with a rejoin delay of 20 s.
 async fn cluster_with_rejoin(workers: usize, partitions: u64) -> (SimCluster, QueueRecord, Vec<SimWorker>) {
-    tokio::time::pause();
     let config = ClusterConfig { rejoin_delay: Duration::from_secs(20), ..ClusterConfig::default() };
-    let mut cluster = SimCluster::new(config).await.expect("cluster");
-    let queue = cluster.create_queue("domain_order", "food_order", partitions).await.expect("queue");
-    cluster.add_coordinator();
-    let workers = (0..workers).map(|_| cluster.add_worker(&[(&queue, 1)], noop_handler())).collect();
-    (cluster, queue, workers)
+    cluster_with(config, workers, partitions).await
 }
 
 #[actix::test]

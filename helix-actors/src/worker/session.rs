@@ -564,22 +564,26 @@ impl WorkerSession {
         let report = async move { store.fail_partition(key.0, key.1, id, epoch, &detail).await };
         ctx.spawn(report.into_actor(self).map(move |outcome, act, _| {
             let current = act.slots.get(&key).is_some_and(|s| s.generation == generation);
-            match outcome {
-                Ok(_) | Err(StoreError::Fenced(_)) => {
-                    if let Err(StoreError::Fenced(reason)) = outcome {
-                        info!(queue = %key.0, partition = %key.1, %epoch, %reason, "failed partition had already moved");
-                    } else {
-                        info!(queue = %key.0, partition = %key.1, %epoch, "partition recorded as failed");
-                    }
-                    act.given_up.insert(key, epoch);
-                    act.failed.remove(&key);
-                    act.failures.remove(&key);
-                    if current {
-                        act.slots.remove(&key);
-                    }
+            let given_up = match outcome {
+                Ok(_) => {
+                    info!(queue = %key.0, partition = %key.1, %epoch, "partition recorded as failed");
+                    true
+                }
+                Err(StoreError::Fenced(reason)) => {
+                    info!(queue = %key.0, partition = %key.1, %epoch, %reason, "failed partition had already moved");
+                    true
                 }
                 Err(error) => {
                     warn!(queue = %key.0, partition = %key.1, %epoch, %error, "could not record the partition failure, retrying on the next poll");
+                    false
+                }
+            };
+            if given_up {
+                act.given_up.insert(key, epoch);
+                act.failed.remove(&key);
+                act.failures.remove(&key);
+                if current {
+                    act.slots.remove(&key);
                 }
             }
         }));
