@@ -25,6 +25,44 @@ impl Clock for SystemClock {
     }
 }
 
+/// The operating system's wall clock read once, then moved on by the monotonic clock
+/// ([`std::time::Instant`]): it starts at the wall-clock time of its creation and never
+/// jumps, backwards or forwards, when the wall clock is stepped (NTP, an operator), so leases
+/// measured on it last exactly as long as they should. The in-memory store's default clock.
+///
+/// ```
+/// use helix_core::{Clock, MonotonicClock};
+///
+/// let clock = MonotonicClock::new();
+/// let (a, b) = (clock.now(), clock.now());
+/// assert!(b >= a);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    base: DateTime<Utc>,
+    start: std::time::Instant,
+}
+
+impl MonotonicClock {
+    /// A clock that reads the wall-clock time now and moves with the monotonic clock.
+    pub fn new() -> Self {
+        Self { base: Utc::now(), start: std::time::Instant::now() }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = chrono::Duration::from_std(self.start.elapsed()).unwrap_or(chrono::Duration::MAX);
+        self.base.checked_add_signed(elapsed).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
 /// A clock that moves only when told to; clones share the same time.
 ///
 /// ```

@@ -15,7 +15,7 @@ pub mod names;
 pub mod planner;
 pub mod worker;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, MonotonicClock, SystemClock};
 pub use config::{ClusterConfig, ConfigError};
 pub use ids::{Epoch, PartitionId, QueueId, SessionEpoch, Term, WorkerId};
 pub use names::{ClusterName, DomainName, MAX_PARTITIONS, NameError, PartitionCount, QueueName};

@@ -67,6 +67,13 @@ macro_rules! conformance_tests {
             changes_record_their_events,
             old_events_are_pruned,
             deleting_a_queue_removes_its_rows_and_subscriptions,
+            // one process per identity, adoption, bounded inputs
+            a_live_worker_id_cannot_register_again,
+            a_holder_cannot_take_its_running_lease_again,
+            a_new_session_adopts_its_rows_at_the_next_epoch,
+            a_handoff_to_a_target_that_is_gone_releases,
+            long_event_details_are_cut_to_the_bound,
+            events_since_returns_at_most_the_bound,
         );
     };
     (@cases $setup:expr; $($case:ident),* $(,)?) => {
@@ -383,12 +390,14 @@ pub async fn heartbeat_of_unknown_worker_says_so(b: &dyn Backend) {
         .expect("deregistering an unknown worker");
 }
 
-/// Registering again under the same id starts a new session; the old one is superseded.
+/// Registering again under the same id once the old lease ran out starts a new session; the
+/// old one is superseded.
 pub async fn a_new_session_supersedes_the_old(b: &dyn Backend) {
     let store = b.store();
     let (q1, q2) = (make_queue(&*store, "d", "q1", 1).await, make_queue(&*store, "d", "q2", 1).await);
     let id = WorkerId::new_v7();
-    let first = store.register_worker(&registration(id, &[&q1], LONG)).await.expect("first");
+    let first = store.register_worker(&registration(id, &[&q1], SHORT)).await.expect("first");
+    b.advance(PAST_SHORT).await;
     let second = store.register_worker(&registration(id, &[&q2], LONG)).await.expect("second");
     assert_eq!(second.session_epoch, first.session_epoch.next());
     assert_eq!(store.heartbeat(id, first.session_epoch, LONG).await.expect("old"), Heartbeat::Superseded);
@@ -458,19 +467,15 @@ pub async fn worker_status_moves_between_active_and_draining(b: &dyn Backend) {
 
 // ---- coordinator lease --------------------------------------------------------------------
 
-/// The term starts at 1, stays the same across renewals and re-acquisitions by the holder,
-/// and grows by one when the lease changes hands.
+/// The term starts at 1, stays the same across renewals, and grows by one when the lease
+/// changes hands; an acquisition under the holder's id while its lease runs is refused.
 pub async fn term_grows_only_on_a_change_of_holder(b: &dyn Backend) {
     let store = b.store();
     let c = cluster("main");
     let (a, other) = (WorkerId::new_v7(), WorkerId::new_v7());
     assert_eq!(store.get_lease(&c).await.expect("get"), None);
     assert_eq!(store.acquire_lease(&c, a, LONG).await.expect("acquire"), Some(Term(1)));
-    assert_eq!(
-        store.acquire_lease(&c, a, LONG).await.expect("again"),
-        Some(Term(1)),
-        "holder keeps its term"
-    );
+    assert_eq!(store.acquire_lease(&c, a, LONG).await.expect("again"), None, "one process per term");
     assert_eq!(store.acquire_lease(&c, other, LONG).await.expect("contender"), None);
     let fence_a = CoordinatorFence { cluster: c.clone(), holder: a, term: Term(1) };
     for _ in 0..5 {
@@ -981,6 +986,226 @@ pub async fn deleting_a_queue_removes_its_rows_and_subscriptions(b: &dyn Backend
     );
     assert_not_found(store.delete_queue(&domain("d"), &queue_name("q1")).await, "deleting twice");
     store.delete_domain(&domain("d")).await.expect_err("domain still has q2");
+}
+
+// ---- one process per identity, adoption, bounded inputs ------------------------------------
+
+/// A worker id whose session is live is refused with `IdInUse` (saying how long the lease
+/// still runs) and the live session goes on untouched; once the lease ran out, the session
+/// left, or the worker was declared dead, the id registers again with a new session.
+pub async fn a_live_worker_id_cannot_register_again(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 1).await;
+    let id = WorkerId::new_v7();
+    let first = store.register_worker(&registration(id, &[&q], LONG)).await.expect("first");
+    let refused = store.register_worker(&registration(id, &[], LONG)).await;
+    match &refused {
+        Err(StoreError::IdInUse { worker, lease_remaining }) => {
+            assert_eq!(*worker, id);
+            assert!(
+                *lease_remaining > LONG - Duration::from_secs(60) && *lease_remaining <= LONG,
+                "lease remaining {lease_remaining:?}"
+            );
+            let message = refused.as_ref().expect_err("refused").to_string();
+            assert!(message.contains(&id.to_string()) && message.contains("wait"), "{message}");
+        }
+        other => panic!("a live id registered again: {other:?}"),
+    }
+    assert!(!refused.expect_err("refused").is_retryable(), "not retried by the store");
+    assert_eq!(store.heartbeat(id, first.session_epoch, LONG).await.expect("hb"), Heartbeat::Renewed);
+    let w = store.get_worker(id).await.expect("get");
+    assert_eq!(
+        (w.session_epoch, w.subscriptions.len()),
+        (first.session_epoch, 1),
+        "the refused registration changed nothing"
+    );
+    store.set_worker_status(id, first.session_epoch, WorkerStatus::Draining).await.expect("draining");
+    assert!(
+        matches!(store.register_worker(&registration(id, &[], LONG)).await, Err(StoreError::IdInUse { .. })),
+        "a draining session is live too"
+    );
+
+    // Left: registers at once.
+    store.deregister_worker(id, first.session_epoch).await.expect("deregister");
+    let second = store.register_worker(&registration(id, &[], SHORT)).await.expect("after leaving");
+    assert_eq!(second.session_epoch, first.session_epoch.next());
+    // Lease ran out: registers again.
+    b.advance(PAST_SHORT).await;
+    let third = store.register_worker(&registration(id, &[], SHORT)).await.expect("after the lease ended");
+    assert_eq!(third.session_epoch, second.session_epoch.next());
+    // Declared dead: registers again.
+    let fence = lead(&*store, "main").await;
+    b.advance(PAST_SHORT).await;
+    assert_eq!(store.mark_workers_dead(&fence, &[id]).await.expect("dead"), vec![id]);
+    let fourth = store.register_worker(&registration(id, &[], LONG)).await.expect("after death");
+    assert_eq!(fourth.session_epoch, third.session_epoch.next());
+}
+
+/// An acquisition under the id of the holder of a running lease is refused (`None`): a
+/// second process with the same id cannot lead under the holder's term. The holder keeps its
+/// lease by renewing under its term; once the lease was released or ran out the id takes it
+/// again under a new term.
+pub async fn a_holder_cannot_take_its_running_lease_again(b: &dyn Backend) {
+    let store = b.store();
+    let c = cluster("main");
+    let a = WorkerId::new_v7();
+    let term = store.acquire_lease(&c, a, SHORT).await.expect("acquire").expect("free");
+    assert_eq!(store.acquire_lease(&c, a, LONG).await.expect("same id again"), None);
+    let fence = CoordinatorFence { cluster: c.clone(), holder: a, term };
+    store.renew_lease(&fence, SHORT).await.expect("the holder renews under its term");
+    let lease = store.get_lease(&c).await.expect("get").expect("exists");
+    assert_eq!((lease.holder, lease.term, lease.expired), (Some(a), term, false));
+
+    b.advance(PAST_SHORT).await;
+    let next = store.acquire_lease(&c, a, LONG).await.expect("after the lease ran out").expect("free");
+    assert_eq!(next, term.next(), "a new process under the same id gets a new term");
+    assert_fenced(store.renew_lease(&fence, LONG).await, "the old term");
+    let fence = CoordinatorFence { cluster: c.clone(), holder: a, term: next };
+    store.release_lease(&fence).await.expect("release");
+    assert_eq!(store.acquire_lease(&c, a, LONG).await.expect("after release"), Some(next.next()));
+}
+
+/// A new session of a worker id that still owns rows (after its lease ran out, or after it
+/// left with its partitions kept for its return) bumps each row's epoch in the registration:
+/// the old session's epoch is fenced before the new one runs anything. Owners and states stay
+/// (static membership moves nothing); a revocation under way stays under way with its target
+/// and its start. Other workers' rows do not move.
+pub async fn a_new_session_adopts_its_rows_at_the_next_epoch(b: &dyn Backend) {
+    let store = b.store();
+    let (q1, q2) = (make_queue(&*store, "d", "q1", 3).await, make_queue(&*store, "d", "q2", 1).await);
+    let id = WorkerId::new_v7();
+    let first = store.register_worker(&registration(id, &[&q1, &q2], SHORT)).await.expect("register");
+    let (other, _) = register(&*store, &[&q1], LONG).await;
+    let fence = lead(&*store, "main").await;
+    store
+        .apply_plan(&fence, q1.id, &[grant(0, 0, id), grant(1, 0, id), grant(2, 0, other)])
+        .await
+        .expect("grant");
+    store.apply_plan(&fence, q2.id, &[grant(0, 0, id)]).await.expect("grant");
+    store.apply_plan(&fence, q1.id, &[revoke(1, 1, other)]).await.expect("revoke");
+    let before = store.assignments(q1.id).await.expect("read");
+    let v2 = store.assignments(q2.id).await.expect("read").assignment_version;
+    let events_before = store.events_since(0, 1_000).await.expect("events").len();
+
+    // The session ends without a goodbye; the same id comes back before anyone moved its rows.
+    b.advance(PAST_SHORT).await;
+    let second = store.register_worker(&registration(id, &[&q1], LONG)).await.expect("register again");
+    let after = store.assignments(q1.id).await.expect("read");
+    assert_eq!(
+        (after.rows[0].owner, after.rows[0].epoch, after.rows[0].state),
+        (Some(id), Epoch(2), AssignmentState::Assigned)
+    );
+    assert_eq!(
+        (after.rows[1].owner, after.rows[1].epoch, after.rows[1].state, after.rows[1].target),
+        (Some(id), Epoch(2), AssignmentState::Revoking, Some(other)),
+        "a revocation under way stays under way"
+    );
+    assert_eq!(after.rows[1].updated_at, before.rows[1].updated_at, "the revocation keeps its start");
+    assert_eq!(after.rows[2], before.rows[2], "another worker's row does not move");
+    assert!(after.assignment_version > before.assignment_version, "readers see the change");
+    let q2_row = &store.assignments(q2.id).await.expect("read");
+    assert_eq!((q2_row.rows[0].owner, q2_row.rows[0].epoch), (Some(id), Epoch(2)), "unsubscribed queues too");
+    assert!(q2_row.assignment_version > v2);
+
+    // The old session's epoch is fenced; the new one acts at the new epoch.
+    assert_fenced(store.release_partition(q1.id, PartitionId(0), id, Epoch(1)).await, "old session's epoch");
+    assert_fenced(store.handoff(q1.id, PartitionId(1), id, Epoch(1)).await, "old session's handoff");
+    assert_eq!(store.handoff(q1.id, PartitionId(1), id, Epoch(2)).await.expect("handoff"), Epoch(3));
+    let events = store.events_since(0, 1_000).await.expect("events");
+    let adopted: Vec<_> = events[events_before..]
+        .iter()
+        .filter(|e| e.kind == EventKind::PartitionAdopted)
+        .map(|e| (e.queue_id, e.partition, e.worker, e.epoch))
+        .collect();
+    assert_eq!(adopted.len(), 3, "{adopted:?}");
+    assert!(adopted.contains(&(Some(q1.id), Some(PartitionId(0)), Some(id), Some(Epoch(2)))));
+
+    // Leaving with the partitions kept, then coming back: bumped again.
+    store.deregister_worker(id, second.session_epoch).await.expect("leave");
+    store.register_worker(&registration(id, &[&q1], LONG)).await.expect("come back");
+    let row = &store.assignments(q1.id).await.expect("read").rows[0];
+    assert_eq!((row.owner, row.epoch), (Some(id), Epoch(3)));
+    assert!(first.session_epoch < second.session_epoch);
+}
+
+/// A handoff to a target whose session is no longer live releases the partition (no owner,
+/// next epoch) instead of giving it to a worker that cannot run it; a grant to a worker that
+/// is not live is skipped.
+pub async fn a_handoff_to_a_target_that_is_gone_releases(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 2).await;
+    let (owner, _) = register(&*store, &[&q], LONG).await;
+    let (target, target_session) = register(&*store, &[&q], SHORT).await;
+    let (left, left_session) = register(&*store, &[&q], LONG).await;
+    let fence = lead(&*store, "main").await;
+    store.apply_plan(&fence, q.id, &[grant(0, 0, owner), grant(1, 0, owner)]).await.expect("grant");
+    store.apply_plan(&fence, q.id, &[revoke(0, 1, target), revoke(1, 1, left)]).await.expect("revoke");
+    b.advance(PAST_SHORT).await;
+    store.heartbeat(owner, SessionEpoch(1), LONG).await.expect("owner renews");
+    assert_eq!(store.heartbeat(target, target_session, LONG).await.expect("hb"), Heartbeat::Expired);
+    store.deregister_worker(left, left_session).await.expect("leave");
+
+    assert_eq!(store.handoff(q.id, PartitionId(0), owner, Epoch(1)).await.expect("handoff"), Epoch(2));
+    assert_eq!(store.handoff(q.id, PartitionId(1), owner, Epoch(1)).await.expect("handoff"), Epoch(2));
+    let rows = store.assignments(q.id).await.expect("read").rows;
+    for row in &rows {
+        assert_eq!(
+            (row.owner, row.epoch, row.state, row.target),
+            (None, Epoch(2), AssignmentState::Assigned, None)
+        );
+    }
+    let events = store.events_since(0, 1_000).await.expect("events");
+    let last = events.iter().rfind(|e| e.partition == Some(PartitionId(0))).expect("an event");
+    assert_eq!(last.worker, None, "the event names no new owner");
+
+    let outcome =
+        store.apply_plan(&fence, q.id, &[grant(0, 2, target), grant(1, 2, owner)]).await.expect("plan");
+    assert_eq!(outcome.applied, 1);
+    assert_eq!(outcome.skipped, vec![(PartitionId(0), SkipReason::TargetNotLive)]);
+    assert_eq!(store.assignments(q.id).await.expect("read").rows[0].owner, None);
+}
+
+/// A partition failure whose detail is far beyond any column (a handler error of hundreds of
+/// KiB, multi-byte characters included) is recorded, with the detail cut on a character
+/// boundary to at most `MAX_EVENT_DETAIL_BYTES` of JSON; a small detail is kept as is.
+pub async fn long_event_details_are_cut_to_the_bound(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 1).await;
+    let (w, _) = register(&*store, &[&q], LONG).await;
+    let fence = lead(&*store, "main").await;
+    store.apply_plan(&fence, q.id, &[grant(0, 0, w)]).await.expect("grant");
+    let error = "é€x\"\n".repeat(50_000);
+    let detail = serde_json::json!({ "failures": 5, "last_error": error });
+    assert_eq!(
+        store.fail_partition(q.id, PartitionId(0), w, Epoch(1), &detail).await.expect("fail"),
+        Epoch(2)
+    );
+    let events = store.events_since(0, 1_000).await.expect("events");
+    let failed = events.iter().rfind(|e| e.kind == EventKind::PartitionFailed).expect("recorded");
+    let text = failed.detail.to_string();
+    assert!(text.len() <= crate::MAX_EVENT_DETAIL_BYTES, "{} bytes", text.len());
+    assert_eq!(failed.detail["failures"], 5);
+    let kept = failed.detail["last_error"].as_str().expect("a string");
+    let kept = kept.strip_suffix('…').expect("marked as cut");
+    assert!(!kept.is_empty() && error.starts_with(kept), "a prefix of the error");
+
+    let mut small = NewEvent::new(EventKind::PartitionFailed);
+    small.detail = serde_json::json!({ "last_error": "short" });
+    let id = store.append_event(&small).await.expect("append");
+    let back = store.events_since(id - 1, 1).await.expect("read");
+    assert_eq!(back[0].detail, small.detail);
+}
+
+/// `events_since` returns at most `MAX_EVENTS_PER_READ` events whatever the limit asked.
+pub async fn events_since_returns_at_most_the_bound(b: &dyn Backend) {
+    let store = b.store();
+    for _ in 0..crate::MAX_EVENTS_PER_READ + 3 {
+        store.append_event(&NewEvent::new(EventKind::PartitionReset)).await.expect("append");
+    }
+    let page = store.events_since(0, u32::MAX).await.expect("read");
+    assert_eq!(page.len(), crate::MAX_EVENTS_PER_READ as usize);
+    let rest = store.events_since(page.last().expect("some").id, u32::MAX).await.expect("rest");
+    assert!(rest.len() >= 3);
 }
 
 /// A scratch MySQL/MariaDB database for tests: created fresh on the server of

@@ -1,6 +1,8 @@
 //! The error type of every store operation.
 
-use helix_core::NameError;
+use std::time::Duration;
+
+use helix_core::{NameError, WorkerId};
 
 /// What went wrong in a store operation, in terms a caller can act on.
 ///
@@ -45,6 +47,21 @@ pub enum StoreError {
         database: String,
         /// The newest migration embedded in this binary.
         binary: String,
+    },
+    /// A worker id that a live session still holds (ACTIVE or DRAINING, its lease running on
+    /// the store's clock) cannot be registered again: one process per identity
+    /// (`docs/protocol.md`). Wait for the old lease to end, or for the old process to leave,
+    /// or register under another id. Not retried by the store.
+    #[error(
+        "worker id {worker} is in use by a live session whose lease runs for {}ms more; \
+         wait for it to end (or for that process to leave) or register under another id",
+        lease_remaining.as_millis()
+    )]
+    IdInUse {
+        /// The id that is in use.
+        worker: WorkerId,
+        /// How long the live session's lease still runs, on the store's clock.
+        lease_remaining: Duration,
     },
     /// Any other database failure; not worth retrying as is.
     #[error("database error: {0}")]

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use helix_core::{Clock, SystemClock};
+use helix_core::{Clock, MonotonicClock};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -62,8 +62,9 @@ pub struct ConnectOptions {
     /// Whether to apply pending migrations on connect. Default `true`. Either way a schema
     /// newer than this binary is refused with [`StoreError::SchemaTooNew`].
     pub run_migrations: bool,
-    /// The clock of the in-memory store (the SQL stores use the database's). Default: the
-    /// system clock.
+    /// The clock of the in-memory store (the SQL stores use the database's). Default: a
+    /// [`MonotonicClock`], so a step of the machine's wall clock neither ends nor extends a
+    /// lease.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -73,7 +74,7 @@ impl Default for ConnectOptions {
             pool_size: 10,
             connect_timeout: Duration::from_secs(5),
             run_migrations: true,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(MonotonicClock::new()),
         }
     }
 }

@@ -62,7 +62,7 @@ impl Inner {
             worker: event.worker,
             term: event.term,
             epoch: event.epoch,
-            detail: event.detail,
+            detail: bound_detail(&event.detail),
         });
         id
     }
@@ -79,6 +79,14 @@ impl Inner {
 
     fn live(&self, worker: WorkerId, now: DateTime<Utc>) -> bool {
         self.workers.get(&worker).is_some_and(|w| w.status.in_session() && w.lease_expires_at >= now)
+    }
+
+    /// How long the live session of `worker` still runs, `None` when it has none.
+    fn live_for(&self, worker: WorkerId, now: DateTime<Utc>) -> Option<Duration> {
+        self.workers
+            .get(&worker)
+            .filter(|_| self.live(worker, now))
+            .map(|w| (w.lease_expires_at - now).to_std().unwrap_or(Duration::ZERO))
     }
 
     fn bump_version(&mut self, queue: QueueId) -> u64 {
@@ -106,6 +114,8 @@ impl Inner {
         write: OwnerWrite<'_>,
     ) -> StoreResult<Epoch> {
         let handoff = matches!(write, OwnerWrite::HandOff);
+        let live_targets: Vec<WorkerId> =
+            self.workers.keys().copied().filter(|w| self.live(*w, now)).collect();
         let row = self
             .assignments
             .get_mut(&queue)
@@ -120,7 +130,8 @@ impl Inner {
                     "worker {worker} no longer owns queue {queue} partition {partition} at epoch {epoch}"
                 ))
             })?;
-        row.owner = if handoff { row.target } else { None };
+        // A handoff to a target that is no longer live releases instead.
+        row.owner = if handoff { row.target.filter(|t| live_targets.contains(t)) } else { None };
         row.epoch = row.epoch.next();
         row.state = write.new_state();
         row.target = None;
@@ -267,6 +278,7 @@ impl Store for MemStore {
         {
             return Err(StoreError::NotFound(format!("queue {}", missing.queue_id)));
         }
+        rules::refuse_live_id(registration.id, s.live_for(registration.id, now))?;
         let session_epoch =
             s.workers.get(&registration.id).map_or(SessionEpoch(1), |w| w.session_epoch.next());
         let lease_expires_at = after(now, registration.session_timeout);
@@ -290,6 +302,28 @@ impl Store for MemStore {
             now,
             NewEvent::worker_joined(registration.id, &registration.host, registration.pid, session_epoch),
         );
+        // Adoption: the rows the id still owns move to the next epoch before the new session
+        // can read them.
+        let mut adopted = Vec::new();
+        for (queue, rows) in &mut s.assignments {
+            for row in rows.iter_mut().filter(|r| r.owner == Some(registration.id)) {
+                row.epoch = row.epoch.next();
+                if !rules::adoption_keeps_updated_at(row.state) {
+                    row.updated_at = now;
+                }
+                adopted.push((*queue, row.partition, row.epoch));
+            }
+        }
+        let queues: std::collections::BTreeSet<QueueId> = adopted.iter().map(|a| a.0).collect();
+        for queue in queues {
+            s.bump_version(queue);
+        }
+        for (queue, partition, epoch) in adopted {
+            s.record(
+                now,
+                NewEvent::partition_adopted(queue, partition, registration.id, epoch, session_epoch),
+            );
+        }
         Ok(WorkerLease { session_epoch, lease_expires_at })
     }
 
@@ -413,8 +447,7 @@ impl Store for MemStore {
         let previous = current.and_then(|c| c.0);
         match rules::decide_acquire(current, holder) {
             LeaseDecision::Refuse => Ok(None),
-            LeaseDecision::Extend { term } | LeaseDecision::Take { term } => {
-                let taken = current.is_none_or(|c| c.1 != term);
+            LeaseDecision::Take { term } => {
                 s.leases.insert(
                     cluster.clone(),
                     LeaseRecord {
@@ -425,9 +458,7 @@ impl Store for MemStore {
                         expired: false,
                     },
                 );
-                if taken {
-                    s.record(now, NewEvent::leader_elected(holder, term, cluster, previous));
-                }
+                s.record(now, NewEvent::leader_elected(holder, term, cluster, previous));
                 Ok(Some(term))
             }
         }
@@ -504,7 +535,7 @@ impl Store for MemStore {
                 owner_live: r.owner.is_some_and(|o| s.live(o, now)),
             })
             .collect();
-        let eval = rules::evaluate_plan(queue, fence.term, &states, changes)?;
+        let eval = rules::evaluate_plan(queue, fence.term, &states, changes, |w| s.live(w, now))?;
         if eval.writes.is_empty() {
             return Ok(PlanOutcome { applied: 0, skipped: eval.skipped, assignment_version: version });
         }
@@ -590,7 +621,8 @@ impl Store for MemStore {
     async fn events_since(&self, after: u64, limit: u32) -> StoreResult<Vec<Event>> {
         let (s, _) = self.lock();
         let start = s.events.partition_point(|e| e.id <= after);
-        Ok(s.events[start..].iter().take(limit as usize).cloned().collect())
+        let limit = limit.min(MAX_EVENTS_PER_READ) as usize;
+        Ok(s.events[start..].iter().take(limit).cloned().collect())
     }
 
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64> {

@@ -26,6 +26,14 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_LEN: usize = 255;
 /// The largest capacity weight of one subscription.
 pub const MAX_CAPACITY: u32 = 1_000;
+/// The largest detail an event is stored with, in bytes of its JSON text. A longer detail
+/// (a handler's error of any size, for example) has its strings cut, on a character boundary
+/// and marked with `…`, until it fits; see [`bound_detail`]. Far below the 64 KiB of a MySQL
+/// `TEXT` column.
+pub const MAX_EVENT_DETAIL_BYTES: usize = 16 * 1024;
+/// The most events [`Store::events_since`](crate::Store::events_since) returns at once; a
+/// larger limit is read as this one. Page with the last id for more.
+pub const MAX_EVENTS_PER_READ: u32 = 1_000;
 
 /// A domain, the namespace of queues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,6 +407,9 @@ pub enum SkipReason {
     WrongState,
     /// A grant or release would take the partition from an owner that is still live.
     OwnerAlive,
+    /// A grant names a worker that is not live on the store's clock: granting would leave
+    /// the partition with an owner that cannot run it.
+    TargetNotLive,
 }
 
 /// What [`Store::apply_plan`](crate::Store::apply_plan) did.
@@ -450,11 +461,14 @@ pub enum EventKind {
     PartitionFailed,
     /// An operator reset a failed partition.
     PartitionReset,
+    /// A new session of a worker took over a partition its id still owned, with the next
+    /// epoch (`docs/protocol.md`, "Adoption bumps the epoch").
+    PartitionAdopted,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         Self::LeaderElected,
         Self::LeaderReleased,
         Self::DomainCreated,
@@ -472,6 +486,7 @@ impl EventKind {
         Self::PartitionReleased,
         Self::PartitionFailed,
         Self::PartitionReset,
+        Self::PartitionAdopted,
     ];
 
     /// The stored form, such as `leader_elected`.
@@ -494,6 +509,7 @@ impl EventKind {
             Self::PartitionReleased => "partition_released",
             Self::PartitionFailed => "partition_failed",
             Self::PartitionReset => "partition_reset",
+            Self::PartitionAdopted => "partition_adopted",
         }
     }
 
@@ -696,6 +712,69 @@ impl NewEvent {
         event.epoch = Some(epoch);
         event
     }
+
+    /// The `PartitionAdopted` event: session `session_epoch` of `worker` took over a
+    /// partition its id still owned, now at `epoch`.
+    pub fn partition_adopted(
+        queue: QueueId,
+        partition: PartitionId,
+        worker: WorkerId,
+        epoch: Epoch,
+        session_epoch: SessionEpoch,
+    ) -> Self {
+        let mut event = Self::new(EventKind::PartitionAdopted);
+        event.queue_id = Some(queue);
+        event.partition = Some(partition);
+        event.worker = Some(worker);
+        event.epoch = Some(epoch);
+        event.detail = serde_json::json!({ "session_epoch": session_epoch.0 });
+        event
+    }
+}
+
+/// `detail` as it is stored: unchanged when its JSON text is at most
+/// [`MAX_EVENT_DETAIL_BYTES`]; otherwise with every string cut (on a character boundary, with
+/// a trailing `…`) to the longest length that makes the whole fit, and, for an object, a
+/// `"truncated_from_bytes"` member with the original size. A detail that cannot fit even with
+/// empty strings (huge arrays or keys) is replaced by `{"truncated_from_bytes": n}`. Every
+/// store applies this to every event it writes, so no detail can overflow a column.
+pub fn bound_detail(detail: &serde_json::Value) -> serde_json::Value {
+    fn size(value: &serde_json::Value) -> usize {
+        serde_json::to_string(value).map_or(usize::MAX, |text| text.len())
+    }
+    fn cut(value: &serde_json::Value, cap: usize) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) if s.len() > cap => {
+                let mut end = cap;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                Value::String(format!("{}…", &s[..end]))
+            }
+            Value::Array(items) => Value::Array(items.iter().map(|v| cut(v, cap)).collect()),
+            Value::Object(members) => {
+                Value::Object(members.iter().map(|(k, v)| (k.clone(), cut(v, cap))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let original = size(detail);
+    if original <= MAX_EVENT_DETAIL_BYTES {
+        return detail.clone();
+    }
+    let mut cap = MAX_EVENT_DETAIL_BYTES;
+    while cap > 0 {
+        cap /= 2;
+        let mut bounded = cut(detail, cap);
+        if let serde_json::Value::Object(members) = &mut bounded {
+            members.insert("truncated_from_bytes".to_owned(), original.into());
+        }
+        if size(&bounded) <= MAX_EVENT_DETAIL_BYTES {
+            return bounded;
+        }
+    }
+    serde_json::json!({ "truncated_from_bytes": original })
 }
 
 /// The owner-fenced writes, each applied only where `owner = worker AND epoch = E`.

@@ -75,12 +75,15 @@ pub fn validate_plan(partition_count: PartitionCount, changes: &[PlanChange]) ->
 }
 
 /// Decides each change of a validated plan against the current rows. `rows` must hold a row
-/// for every partition the plan names (any order).
+/// for every partition the plan names (any order); `live` says whether a worker a grant names
+/// is live on the store's clock (a grant to a worker that is not is skipped with
+/// [`SkipReason::TargetNotLive`]).
 pub fn evaluate_plan(
     queue: QueueId,
     term: Term,
     rows: &[RowState],
     changes: &[PlanChange],
+    live: impl Fn(WorkerId) -> bool,
 ) -> StoreResult<PlanEvaluation> {
     let mut out = PlanEvaluation::default();
     // An index, so that plans over tens of thousands of partitions stay linear.
@@ -112,6 +115,10 @@ pub fn evaluate_plan(
             PlanChange::Grant { to, .. } => {
                 if !owner_gone(Some(to)) {
                     out.skipped.push((p, SkipReason::OwnerAlive));
+                    continue;
+                }
+                if !live(to) {
+                    out.skipped.push((p, SkipReason::TargetNotLive));
                     continue;
                 }
                 let write = RowWrite {
@@ -210,26 +217,43 @@ pub enum LeaseDecision {
         /// The new term.
         term: Term,
     },
-    /// The caller holds a running lease: extend it, same term.
-    Extend {
-        /// The current term.
-        term: Term,
-    },
-    /// Another process holds a running lease.
+    /// A process holds a running lease, whatever its id: the caller's own id included, since
+    /// a process that holds the lease keeps it by renewing under its term, never by acquiring.
+    /// So a second process started under the holder's id cannot obtain the holder's term
+    /// (one process per identity, `docs/protocol.md`).
     Refuse,
 }
 
 /// Decides an acquisition, given the current lease row (`holder`, `term`, `expired` on the
-/// store's clock) or `None` when the cluster never had a leader.
-pub fn decide_acquire(current: Option<(Option<WorkerId>, Term, bool)>, me: WorkerId) -> LeaseDecision {
+/// store's clock) or `None` when the cluster never had a leader. Only a free or expired lease
+/// is taken, always under the next term; a running lease is refused, even to its holder's id.
+pub fn decide_acquire(current: Option<(Option<WorkerId>, Term, bool)>, _me: WorkerId) -> LeaseDecision {
     match current {
         None => LeaseDecision::Take { term: Term(1) },
-        Some((Some(holder), term, false)) if holder == me => LeaseDecision::Extend { term },
         Some((Some(_), _, false)) => LeaseDecision::Refuse,
         // Free or run out: leadership changes hands, even back to the same process, because
         // the previous leader stopped acting when its lease ran out.
         Some((_, term, _)) => LeaseDecision::Take { term: term.next() },
     }
+}
+
+/// Refuses the registration of `worker` while a session of it is live: `live_for` is how long
+/// the current session's lease still runs on the store's clock, `None` when there is no live
+/// session (no row, LEFT, DEAD, or a lease that ran out). One process per identity
+/// (`docs/protocol.md`).
+pub fn refuse_live_id(worker: WorkerId, live_for: Option<std::time::Duration>) -> StoreResult<()> {
+    match live_for {
+        Some(lease_remaining) => Err(StoreError::IdInUse { worker, lease_remaining }),
+        None => Ok(()),
+    }
+}
+
+/// Whether adoption keeps a row's `updated_at`: a revocation under way keeps its start, so
+/// the revoke timeout is not extended by a restart; any other row is stamped now. Adoption
+/// (a new session of the row's owner) otherwise keeps owner, state and target and moves the
+/// epoch to the next one (`docs/protocol.md`, "Adoption bumps the epoch").
+pub fn adoption_keeps_updated_at(state: AssignmentState) -> bool {
+    state == AssignmentState::Revoking
 }
 
 /// Explains a heartbeat that renewed nothing, from the worker's row as read afterwards
@@ -285,7 +309,7 @@ mod tests {
                 to: b,
             })
             .collect();
-        let eval = evaluate_plan(QueueId(1), Term(7), &rows, &changes).unwrap();
+        let eval = evaluate_plan(QueueId(1), Term(7), &rows, &changes, |w| w == b).unwrap();
         assert_eq!(eval.writes.len(), 2);
         assert_eq!(eval.writes[0].epoch, Epoch(1));
         assert_eq!(eval.writes[1].epoch, Epoch(4));
@@ -307,7 +331,7 @@ mod tests {
             },
             PlanChange::Retarget { partition: PartitionId(2), expected_epoch: Epoch(1), to: Some(b) },
         ];
-        let eval = evaluate_plan(QueueId(1), Term(1), &rows, &changes).unwrap();
+        let eval = evaluate_plan(QueueId(1), Term(1), &rows, &changes, |_| true).unwrap();
         assert!(eval.writes.is_empty());
         assert_eq!(
             eval.skipped,
@@ -330,13 +354,10 @@ mod tests {
     }
 
     #[test]
-    fn lease_changes_term_only_when_it_changes_hands() {
+    fn a_running_lease_is_refused_to_every_id_and_a_free_one_taken_under_the_next_term() {
         let (me, other) = (WorkerId::new_v7(), WorkerId::new_v7());
         assert_eq!(decide_acquire(None, me), LeaseDecision::Take { term: Term(1) });
-        assert_eq!(
-            decide_acquire(Some((Some(me), Term(4), false)), me),
-            LeaseDecision::Extend { term: Term(4) }
-        );
+        assert_eq!(decide_acquire(Some((Some(me), Term(4), false)), me), LeaseDecision::Refuse);
         assert_eq!(decide_acquire(Some((Some(other), Term(4), false)), me), LeaseDecision::Refuse);
         assert_eq!(
             decide_acquire(Some((Some(other), Term(4), true)), me),

@@ -289,6 +289,30 @@ struct LeaseRow {
 }
 
 #[derive(QueryableByName)]
+struct LiveRow {
+    #[diesel(sql_type = Binary)]
+    id: Vec<u8>,
+    #[diesel(sql_type = BigInt)]
+    flag: i64,
+}
+
+#[derive(QueryableByName)]
+struct PreviousSession {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    live_us: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct AdoptedRow {
+    #[diesel(sql_type = BigInt)]
+    queue_id: i64,
+    #[diesel(sql_type = Integer)]
+    partition_id: i32,
+    #[diesel(sql_type = BigInt)]
+    epoch: i64,
+}
+
+#[derive(QueryableByName)]
 struct HeartbeatRow {
     #[diesel(sql_type = Text)]
     status: String,
@@ -334,7 +358,7 @@ async fn insert_events(conn: &mut Conn, events: &[NewEvent]) -> Res<()> {
                 .bind::<Nullable<Binary>, _>(event.worker.map(bytes))
                 .bind::<Nullable<BigInt>, _>(event.term.map(|t| to_i64(t.0, "term")).transpose()?)
                 .bind::<Nullable<BigInt>, _>(event.epoch.map(|e| to_i64(e.0, "epoch")).transpose()?)
-                .bind::<Text, _>(event.detail.to_string());
+                .bind::<Text, _>(bound_detail(&event.detail).to_string());
         }
         query.execute(conn).await?;
     }
@@ -551,48 +575,98 @@ pub(super) async fn delete_queue(conn: &mut Conn, domain: &DomainName, name: &Qu
 }
 
 pub(super) async fn register_worker(conn: &mut Conn, registration: &WorkerRegistration) -> Res<WorkerLease> {
-    // The subscribed queues must exist; the shared locks keep them until the commit.
-    if !registration.subscriptions.is_empty() {
-        let ids: Vec<i64> = registration
-            .subscriptions
-            .iter()
-            .map(|s| to_i64(s.queue_id.0, "queue id"))
-            .collect::<Result<_, _>>()?;
+    let id = bytes(registration.id);
+    // Lock order, as every assignment writer: queue rows first (the subscribed ones, which
+    // must exist, and those of the rows the id owns, whose versions adoption bumps), in id
+    // order; then the worker row; then the assignment rows.
+    let subscribed: Vec<i64> = registration
+        .subscriptions
+        .iter()
+        .map(|s| to_i64(s.queue_id.0, "queue id"))
+        .collect::<Result<_, _>>()?;
+    let owned: Vec<i64> = helix_assignments::table
+        .filter(helix_assignments::owner.eq(&id))
+        .select(helix_assignments::queue_id)
+        .distinct()
+        .load(conn)
+        .await?;
+    let queues: BTreeSet<i64> = subscribed.iter().chain(&owned).copied().collect();
+    if !queues.is_empty() {
         let text = format!(
-            "SELECT id FROM helix_queues WHERE id IN ({}) LOCK IN SHARE MODE",
-            placeholders(ids.len())
+            "SELECT id FROM helix_queues WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            placeholders(queues.len())
         );
         let mut query = diesel::sql_query(text).into_boxed::<Mysql>();
-        for id in &ids {
+        for id in &queues {
             query = query.bind::<BigInt, _>(*id);
         }
         let found: BTreeSet<i64> = query.load::<IdRow>(conn).await?.into_iter().map(|r| r.id).collect();
-        if let Some(missing) = registration.subscriptions.iter().zip(&ids).find(|(_, id)| !found.contains(id))
+        if let Some(missing) =
+            registration.subscriptions.iter().zip(&subscribed).find(|(_, id)| !found.contains(id))
         {
             return Err(StoreError::NotFound(format!("queue {}", missing.0.queue_id)).into());
         }
     }
-    let id = bytes(registration.id);
-    let labels = serde_json::to_string(&registration.labels)
-        .map_err(|e| StoreError::Invalid(format!("labels cannot be stored: {e}")))?;
-    // A known worker starts a new session: the epoch grows in the statement itself, so two
-    // registrations racing still get different epochs. No assignment reads a column that an
-    // earlier one changed (MySQL evaluates them left to right).
-    diesel::sql_query(
-        "INSERT INTO helix_workers \
-         (id, host, pid, labels, status, registered_at, lease_expires_at, session_epoch) \
-         VALUES (?, ?, ?, ?, 'ACTIVE', NOW(6), NOW(6) + INTERVAL ? MICROSECOND, 1) \
-         ON DUPLICATE KEY UPDATE session_epoch = session_epoch + 1, host = VALUES(host), pid = VALUES(pid), \
-         labels = VALUES(labels), status = 'ACTIVE', registered_at = VALUES(registered_at), \
-         lease_expires_at = VALUES(lease_expires_at)",
+    // One process per identity: refuse while a session of this id is live, deciding on the
+    // locked row.
+    let previous: Option<PreviousSession> = diesel::sql_query(
+        "SELECT CASE WHEN status IN ('ACTIVE', 'DRAINING') AND lease_expires_at >= NOW(6) \
+         THEN CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), lease_expires_at) AS SIGNED) END AS live_us \
+         FROM helix_workers WHERE id = ? FOR UPDATE",
     )
     .bind::<Binary, _>(&id)
-    .bind::<Text, _>(&registration.host)
-    .bind::<BigInt, _>(i64::from(registration.pid))
-    .bind::<Text, _>(&labels)
-    .bind::<BigInt, _>(micros(registration.session_timeout))
-    .execute(conn)
-    .await?;
+    .get_result(conn)
+    .await
+    .optional()?;
+    let live_for = previous
+        .as_ref()
+        .and_then(|p| p.live_us)
+        .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0)));
+    rules::refuse_live_id(registration.id, live_for)?;
+    let labels = serde_json::to_string(&registration.labels)
+        .map_err(|e| StoreError::Invalid(format!("labels cannot be stored: {e}")))?;
+    if previous.is_some() {
+        diesel::sql_query(
+            "UPDATE helix_workers SET session_epoch = session_epoch + 1, host = ?, pid = ?, labels = ?, \
+             status = 'ACTIVE', registered_at = NOW(6), lease_expires_at = NOW(6) + INTERVAL ? MICROSECOND \
+             WHERE id = ?",
+        )
+        .bind::<Text, _>(&registration.host)
+        .bind::<BigInt, _>(i64::from(registration.pid))
+        .bind::<Text, _>(&labels)
+        .bind::<BigInt, _>(micros(registration.session_timeout))
+        .bind::<Binary, _>(&id)
+        .execute(conn)
+        .await?;
+    } else {
+        // A first registration. Two at once under one new id: the second waits on the first's
+        // insert and fails on the duplicate key; retried, it finds the first's live session.
+        let inserted = diesel::sql_query(
+            "INSERT INTO helix_workers \
+             (id, host, pid, labels, status, registered_at, lease_expires_at, session_epoch) \
+             VALUES (?, ?, ?, ?, 'ACTIVE', NOW(6), NOW(6) + INTERVAL ? MICROSECOND, 1)",
+        )
+        .bind::<Binary, _>(&id)
+        .bind::<Text, _>(&registration.host)
+        .bind::<BigInt, _>(i64::from(registration.pid))
+        .bind::<Text, _>(&labels)
+        .bind::<BigInt, _>(micros(registration.session_timeout))
+        .execute(conn)
+        .await;
+        match inserted {
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => {
+                return Err(StoreError::Transient(format!(
+                    "worker {} registered concurrently by another process",
+                    registration.id
+                ))
+                .into());
+            }
+            other => other?,
+        };
+    }
     diesel::delete(helix_subscriptions::table.filter(helix_subscriptions::worker_id.eq(&id)))
         .execute(conn)
         .await?;
@@ -619,7 +693,50 @@ pub(super) async fn register_worker(conn: &mut Conn, registration: &WorkerRegist
     let session_epoch = SessionEpoch(to_u64(epoch, "session epoch")?);
     let event = NewEvent::worker_joined(registration.id, &registration.host, registration.pid, session_epoch);
     insert_events(conn, &[event]).await?;
+    adopt(conn, registration.id, session_epoch).await?;
     Ok(WorkerLease { session_epoch, lease_expires_at: utc(expires) })
+}
+
+/// Adoption, in the registration's transaction: every row `worker` still owns moves to the
+/// next epoch (a revocation keeps its start, `rules::adoption_keeps_updated_at`), each queue's
+/// version moves once, and each row gets its `partition_adopted` event. `updated_at` comes
+/// first in the SET list while `state` is still the old one (MySQL assigns left to right).
+async fn adopt(conn: &mut Conn, worker: WorkerId, session_epoch: SessionEpoch) -> Res<()> {
+    let id = bytes(worker);
+    let changed = diesel::sql_query(
+        "UPDATE helix_assignments SET updated_at = IF(state = 'REVOKING', updated_at, NOW(6)), \
+         epoch = epoch + 1 WHERE owner = ?",
+    )
+    .bind::<Binary, _>(&id)
+    .execute(conn)
+    .await?;
+    if changed == 0 {
+        return Ok(());
+    }
+    let adopted: Vec<AdoptedRow> = diesel::sql_query(
+        "SELECT queue_id, partition_id, epoch FROM helix_assignments WHERE owner = ? ORDER BY queue_id, partition_id",
+    )
+    .bind::<Binary, _>(&id)
+    .load(conn)
+    .await?;
+    let queues: BTreeSet<i64> = adopted.iter().map(|r| r.queue_id).collect();
+    for queue in queues {
+        diesel::update(helix_queues::table.find(queue))
+            .set(helix_queues::assignment_version.eq(helix_queues::assignment_version + 1))
+            .execute(conn)
+            .await?;
+    }
+    let mut events = Vec::with_capacity(adopted.len());
+    for row in &adopted {
+        events.push(NewEvent::partition_adopted(
+            QueueId(to_u64(row.queue_id, "queue id")?),
+            partition_of(row.partition_id)?,
+            worker,
+            Epoch(to_u64(row.epoch, "epoch")?),
+            session_epoch,
+        ));
+    }
+    insert_events(conn, &events).await
 }
 
 pub(super) async fn heartbeat(
@@ -829,7 +946,7 @@ pub(super) async fn acquire_lease(
     // A fresh row (term 0, no holder) decides like no row at all: the new term is 1.
     match rules::decide_acquire(Some((previous, current_term, row.flag != 0)), holder) {
         LeaseDecision::Refuse => Ok(None),
-        LeaseDecision::Extend { term } | LeaseDecision::Take { term } => {
+        LeaseDecision::Take { term } => {
             diesel::sql_query(
                 "UPDATE helix_coordinator SET holder = ?, term = ?, expires_at = NOW(6) + INTERVAL ? MICROSECOND \
                  WHERE cluster = ?",
@@ -840,9 +957,7 @@ pub(super) async fn acquire_lease(
             .bind::<Text, _>(cluster.as_str())
             .execute(conn)
             .await?;
-            if term != current_term {
-                insert_events(conn, &[NewEvent::leader_elected(holder, term, cluster, previous)]).await?;
-            }
+            insert_events(conn, &[NewEvent::leader_elected(holder, term, cluster, previous)]).await?;
             Ok(Some(term))
         }
     }
@@ -988,19 +1103,31 @@ pub(super) async fn apply_plan(
         }
     }
 
-    // Which of the owners are live, on the database clock.
-    let owners: BTreeSet<Vec<u8>> = locked.iter().filter_map(|r| r.1.clone()).collect();
+    // Which of the owners and of the grants' workers are live, on the database clock, read
+    // under a shared lock of their rows: a registration of one of them (which locks its row
+    // for update) either committed before, and is seen, or waits until this plan commits and
+    // then adopts what the plan left it (docs/protocol.md, "One process per identity").
+    // Registration locks the queue rows before the worker row, as this plan does, so the two
+    // never wait on each other in opposite orders.
+    let grantees = changes.iter().filter_map(|c| match c {
+        PlanChange::Grant { to, .. } => Some(bytes(*to)),
+        _ => None,
+    });
+    let owners: BTreeSet<Vec<u8>> = locked.iter().filter_map(|r| r.1.clone()).chain(grantees).collect();
     let owners: Vec<Vec<u8>> = owners.into_iter().collect();
     let mut live: BTreeSet<Vec<u8>> = BTreeSet::new();
     for chunk in owners.chunks(MAX_BINDS) {
-        let rows: Vec<Vec<u8>> = helix_workers::table
-            .filter(helix_workers::id.eq_any(chunk))
-            .filter(helix_workers::status.eq_any(IN_SESSION))
-            .filter(helix_workers::lease_expires_at.ge(now6()))
-            .select(helix_workers::id)
-            .load(conn)
-            .await?;
-        live.extend(rows);
+        let text = format!(
+            "SELECT id, CAST(status IN ('ACTIVE', 'DRAINING') AND lease_expires_at >= NOW(6) AS SIGNED) AS flag \
+             FROM helix_workers WHERE id IN ({}) ORDER BY id LOCK IN SHARE MODE",
+            placeholders(chunk.len())
+        );
+        let mut query = diesel::sql_query(text).into_boxed::<Mysql>();
+        for id in chunk {
+            query = query.bind::<Binary, _>(id.clone());
+        }
+        let rows: Vec<LiveRow> = query.load(conn).await?;
+        live.extend(rows.into_iter().filter(|r| r.flag != 0).map(|r| r.id));
     }
 
     let wanted: BTreeSet<i32> = wanted.into_iter().collect();
@@ -1018,7 +1145,9 @@ pub(super) async fn apply_plan(
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    let eval = rules::evaluate_plan(queue, fence.term, &states, changes)?;
+    let eval = rules::evaluate_plan(queue, fence.term, &states, changes, |w| {
+        live.contains(w.as_bytes().as_slice())
+    })?;
     if eval.writes.is_empty() {
         return Ok(PlanOutcome { applied: 0, skipped: eval.skipped, assignment_version: version });
     }
@@ -1095,8 +1224,10 @@ pub(super) async fn owner_write(
     }
     // `owner = target` comes before `target = NULL`: MySQL assigns left to right.
     let text = match write {
+        // A handoff to a target that is no longer live releases instead.
         OwnerWrite::HandOff => {
-            "UPDATE helix_assignments SET owner = target, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
+            "UPDATE helix_assignments SET owner = IF(target IN (SELECT id FROM helix_workers \
+             WHERE status IN ('ACTIVE', 'DRAINING') AND lease_expires_at >= NOW(6)), target, NULL), epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
              updated_at = NOW(6) WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ? \
              AND state = 'REVOKING'"
         }
@@ -1182,7 +1313,7 @@ pub(super) async fn events_since(conn: &mut Conn, after: u64, limit: u32) -> Res
     let rows: Vec<EventRow> = helix_events::table
         .filter(helix_events::id.gt(after))
         .order(helix_events::id)
-        .limit(i64::from(limit))
+        .limit(i64::from(limit.min(MAX_EVENTS_PER_READ)))
         .select(EventRow::as_select())
         .load(conn)
         .await?;

@@ -408,6 +408,22 @@ struct SessionRow {
 }
 
 #[derive(QueryableByName)]
+struct PreviousSession {
+    #[diesel(sql_type = BigInt)]
+    session_epoch: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    live_ms: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+#[diesel(table_name = helix_assignments, check_for_backend(Sqlite))]
+struct AdoptedRow {
+    queue_id: i64,
+    partition_id: i64,
+    epoch: i64,
+}
+
+#[derive(QueryableByName)]
 #[diesel(table_name = helix_coordinator, check_for_backend(Sqlite))]
 struct LeaseRow {
     cluster: String,
@@ -539,7 +555,7 @@ fn record(conn: &mut SqliteConnection, events: &[NewEvent]) -> Tx<Option<u64>> {
                 .bind::<Nullable<Binary>, _>(opt_bytes(event.worker))
                 .bind::<Nullable<BigInt>, _>(event.term.map(|t| to_i64(t.0, "term")).transpose()?)
                 .bind::<Nullable<BigInt>, _>(event.epoch.map(|e| to_i64(e.0, "epoch")).transpose()?)
-                .bind::<Text, _>(json_text(&event.detail)?);
+                .bind::<Text, _>(json_text(&bound_detail(&event.detail))?);
         }
         let ids: Vec<IdRow> = query.load(conn)?;
         if let Some(max) = ids.iter().map(|r| r.id).max() {
@@ -634,9 +650,12 @@ fn owner_write(
 ) -> Tx<Epoch> {
     let queue_id = to_i64(queue.0, "queue id")?;
     let sql = match write {
+        // A handoff to a target that is no longer live releases instead.
         OwnerWrite::HandOff => concat!(
-            "UPDATE helix_assignments SET owner = target, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
-             updated_at = ",
+            "UPDATE helix_assignments SET owner = CASE WHEN target IN (SELECT id FROM helix_workers \
+             WHERE status IN ('ACTIVE', 'DRAINING') AND lease_expires_at >= ",
+            now!(),
+            ") THEN target ELSE NULL END, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, updated_at = ",
             now!(),
             " WHERE queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ? AND state = 'REVOKING' \
              RETURNING owner, epoch"
@@ -671,6 +690,36 @@ fn owner_write(
     bump_version(conn, queue_id)?;
     record(conn, &[write.event(queue, partition, worker, new_owner, new_epoch)])?;
     Ok(new_epoch)
+}
+
+/// Adoption, inside the registration's immediate transaction: every row `worker` still owns
+/// moves to the next epoch (a revocation keeps its start, `rules::adoption_keeps_updated_at`),
+/// each queue's version moves once, and each row gets its `partition_adopted` event.
+fn adopt(conn: &mut SqliteConnection, worker: WorkerId, session_epoch: SessionEpoch) -> Tx<()> {
+    let adopted: Vec<AdoptedRow> = sql_query(concat!(
+        "UPDATE helix_assignments SET epoch = epoch + 1, updated_at = CASE WHEN state = 'REVOKING' \
+         THEN updated_at ELSE ",
+        now!(),
+        " END WHERE owner = ? RETURNING queue_id, partition_id, epoch"
+    ))
+    .bind::<Binary, _>(worker.as_bytes().as_slice())
+    .load(conn)?;
+    let queues: BTreeSet<i64> = adopted.iter().map(|r| r.queue_id).collect();
+    for queue in queues {
+        bump_version(conn, queue)?;
+    }
+    let mut events = Vec::with_capacity(adopted.len());
+    for row in &adopted {
+        events.push(NewEvent::partition_adopted(
+            QueueId(to_u64(row.queue_id, "queue id")?),
+            PartitionId(to_u32(row.partition_id, "partition")?),
+            worker,
+            Epoch(to_u64(row.epoch, "epoch")?),
+            session_epoch,
+        ));
+    }
+    record(conn, &events)?;
+    Ok(())
 }
 
 /// An operator's reset of a failed partition, in one immediate transaction.
@@ -914,13 +963,24 @@ impl Store for SqliteStore {
                 return Err(Fail(StoreError::NotFound(format!("queue {}", missing.queue_id))));
             }
             let id = reg.id.as_bytes().as_slice();
-            let previous: Option<CountRow> =
-                sql_query("SELECT session_epoch AS n FROM helix_workers WHERE id = ?")
-                    .bind::<Binary, _>(id)
-                    .get_result(conn)
-                    .optional()?;
+            // Under the write lock of this immediate transaction: nothing (no plan, no other
+            // registration) can change the row between this read and the writes below.
+            let previous: Option<PreviousSession> = sql_query(format!(
+                "SELECT session_epoch, CASE WHEN status IN {IN_SESSION} AND lease_expires_at >= {now} \
+                 THEN CAST(round((julianday(lease_expires_at) - julianday({now})) * 86400000.0) AS INTEGER) \
+                 END AS live_ms FROM helix_workers WHERE id = ?",
+                now = now!()
+            ))
+            .bind::<Binary, _>(id)
+            .get_result(conn)
+            .optional()?;
+            let live_for = previous
+                .as_ref()
+                .and_then(|p| p.live_ms)
+                .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+            rules::refuse_live_id(reg.id, live_for)?;
             let session_epoch = match previous {
-                Some(row) => SessionEpoch(to_u64(row.n, "session epoch")?).next(),
+                Some(row) => SessionEpoch(to_u64(row.session_epoch, "session epoch")?).next(),
                 None => SessionEpoch(1),
             };
             let lease: NowRow = sql_query(concat!(
@@ -952,6 +1012,7 @@ impl Store for SqliteStore {
                     .execute(conn)?;
             }
             record(conn, &[NewEvent::worker_joined(reg.id, &reg.host, reg.pid, session_epoch)])?;
+            adopt(conn, reg.id, session_epoch)?;
             Ok(WorkerLease { session_epoch, lease_expires_at: instant(lease.now) })
         })
         .await
@@ -1171,7 +1232,7 @@ impl Store for SqliteStore {
             let previous = current.and_then(|c| c.0);
             let term = match rules::decide_acquire(current, holder) {
                 LeaseDecision::Refuse => return Ok(None),
-                LeaseDecision::Extend { term } | LeaseDecision::Take { term } => term,
+                LeaseDecision::Take { term } => term,
             };
             sql_query(concat!(
                 "INSERT INTO helix_coordinator (cluster, holder, term, expires_at) VALUES (?, ?, ?, ",
@@ -1184,9 +1245,7 @@ impl Store for SqliteStore {
             .bind::<BigInt, _>(to_i64(term.0, "term")?)
             .bind::<Text, _>(modifier('+', lease))
             .execute(conn)?;
-            if current.is_none_or(|c| c.1 != term) {
-                record(conn, &[NewEvent::leader_elected(holder, term, &cluster, previous)])?;
-            }
+            record(conn, &[NewEvent::leader_elected(holder, term, &cluster, previous)])?;
             Ok(Some(term))
         })
         .await
@@ -1344,9 +1403,20 @@ impl Store for SqliteStore {
                 rows.extend(loaded);
             }
 
-            // Which of their owners are live, in one query per chunk of owners.
-            let owners: Vec<Vec<u8>> =
-                rows.iter().filter_map(|r| r.owner.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            // Which of their owners and of the grants' workers are live, in one query per chunk.
+            // (Registration, the only other writer of liveness, waits for this immediate
+            // transaction: SQLite has one writer at a time.)
+            let grantees = changes.iter().filter_map(|c| match c {
+                PlanChange::Grant { to, .. } => Some(to.as_bytes().to_vec()),
+                _ => None,
+            });
+            let owners: Vec<Vec<u8>> = rows
+                .iter()
+                .filter_map(|r| r.owner.clone())
+                .chain(grantees)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let mut live = HashSet::new();
             for chunk in owners.chunks(MAX_BINDS - 1) {
                 let query = sql_query(format!(
@@ -1371,7 +1441,9 @@ impl Store for SqliteStore {
                     owner_live: row.owner.as_ref().is_some_and(|o| live.contains(o)),
                 });
             }
-            let eval = rules::evaluate_plan(queue, fence.term, &states, &changes)?;
+            let eval = rules::evaluate_plan(queue, fence.term, &states, &changes, |w| {
+                live.contains(w.as_bytes().as_slice())
+            })?;
             if eval.writes.is_empty() {
                 return Ok(PlanOutcome { applied: 0, skipped: eval.skipped, assignment_version: version });
             }
@@ -1475,7 +1547,7 @@ impl Store for SqliteStore {
                 "SELECT {EVENT_COLUMNS} FROM helix_events WHERE id > ? ORDER BY id LIMIT ?"
             ))
             .bind::<BigInt, _>(after)
-            .bind::<BigInt, _>(i64::from(limit))
+            .bind::<BigInt, _>(i64::from(limit.min(MAX_EVENTS_PER_READ)))
             .load(conn)?;
             Ok(rows.into_iter().map(EventRow::into_event).collect::<Result<_, _>>()?)
         })
