@@ -129,7 +129,10 @@ impl CoordinatorNode {
         self
     }
 
-    /// The same node with another identity in the election.
+    /// The same node with another identity in the election. Two processes under one id never
+    /// share a term: while one holds the lease, the other stays a follower (the store refuses
+    /// a running lease to every id), and leads under a new term only once the lease was
+    /// released or ran out.
     pub fn id(mut self, id: WorkerId) -> Self {
         self.id = id;
         self
@@ -329,7 +332,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// Registers under `id` instead of a fresh UUID v7.
+    /// Registers under `id` instead of a fresh UUID v7. A stable id lets a restarted process
+    /// find the partitions it kept (with a cluster `rejoin_delay`); only one process at a
+    /// time may use it ([`start`](Self::start) is refused while another one's session is
+    /// live).
     pub fn id(mut self, id: WorkerId) -> Self {
         self.id = id;
         self
@@ -363,13 +369,19 @@ impl WorkerBuilder {
     }
 
     /// Validates the worker, starts its [`StoreActor`], checks through it that every served
-    /// queue exists and starts the worker session on the current arbiter, reaching the store
-    /// through the store actor; it registers at once.
+    /// queue exists, registers the worker (a new session) and starts the worker session on the
+    /// current arbiter, reaching the store through the store actor.
+    ///
+    /// One process per identity: while another process holds a live session under this
+    /// worker's id (see [`id`](Self::id)), the registration is refused and nothing starts.
     ///
     /// # Errors
     /// [`NodeError::Config`] for an invalid configuration, [`NodeError::Invalid`] without a
     /// handler, without a queue to serve or for a capacity of 0, [`NodeError::Store`] when a
-    /// served queue cannot be read (`NotFound` when it does not exist).
+    /// served queue cannot be read (`NotFound` when it does not exist) or the registration
+    /// fails: [`StoreError::IdInUse`] (with how long the other session's lease still runs)
+    /// when the id is in use; wait for that lease to end, or for that process to leave, or use
+    /// another id.
     pub async fn start(self) -> Result<WorkerHandle, NodeError> {
         self.config.validate()?;
         let factory = self.factory.ok_or_else(|| NodeError::Invalid("no handler was given".into()))?;
@@ -391,8 +403,13 @@ impl WorkerBuilder {
             subscriptions: self.subscriptions,
             session_timeout: self.config.session_timeout,
         };
+        // Registered here, not by the session, so that a refusal reaches the caller: above all
+        // an id still held by a live session (`StoreError::IdInUse`, one process per id).
+        let sent = tokio::time::Instant::now();
+        let lease = store.register_worker(&registration).await?;
         let session = WorkerSession::new(store, self.config, registration, factory)
             .with_restart_policy(self.policy)
+            .with_registration(lease, sent)
             .start();
         tracing::info!(worker = %self.id, "worker started");
         Ok(WorkerHandle { id: self.id, session })

@@ -97,6 +97,7 @@ pub fn noop_handler() -> HandlerFactory {
 pub struct CutOffStore {
     inner: Arc<dyn Store>,
     state: Arc<AtomicU8>,
+    lost: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 const CONNECTED: u8 = 0;
@@ -106,7 +107,13 @@ const STALLED: u8 = 2;
 impl CutOffStore {
     /// A link to `inner`, connected.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, state: Arc::new(AtomicU8::new(CONNECTED)) }
+        Self { inner, state: Arc::new(AtomicU8::new(CONNECTED)), lost: Arc::default() }
+    }
+
+    /// The next `calls` calls never answer, whatever happens to the link afterwards: as if
+    /// their connection died with the request on the wire. Later calls go through.
+    pub fn lose_next(&self, calls: usize) {
+        self.lost.store(calls, Ordering::SeqCst);
     }
 
     /// Fails every call from now on, until [`restore`](Self::restore).
@@ -131,6 +138,9 @@ impl CutOffStore {
     }
 
     async fn link(&self) -> StoreResult<&dyn Store> {
+        if self.lost.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            std::future::pending::<()>().await;
+        }
         // A stalled call checks back on tokio's clock, so it stays deterministic on virtual
         // time.
         while self.state.load(Ordering::SeqCst) == STALLED {

@@ -212,3 +212,50 @@ async fn a_fenced_write_steps_the_leader_down_and_a_stale_one_does_not() {
     assert_eq!(lost(&log).len(), 1);
     assert_eq!(node.election.send(CurrentFence).await.expect("mailbox"), None);
 }
+
+#[actix::test]
+async fn an_acquisition_that_never_answers_does_not_stop_the_next_ones() {
+    tokio::time::pause();
+    let shared = shared_store();
+    let log = Log::default();
+    let link = CutOffStore::new(shared.clone());
+    link.lose_next(1);
+    let node = start_node(Arc::new(link.clone()), &log);
+    let config = ClusterConfig::default();
+    // The lost call is given up after lease − margin; the next tick then acquires.
+    let bound = config.coordinator_lease - config.safety_margin + config.coordinator_renew_interval;
+    assert!(
+        wait_until(bound + Duration::from_millis(100), || !elected(&log).is_empty()).await,
+        "the election skipped its ticks behind the lost acquisition"
+    );
+    assert_eq!(elected(&log)[0].1, node.id);
+}
+
+#[actix::test]
+async fn a_second_election_under_the_leaders_id_never_shares_its_term() {
+    tokio::time::pause();
+    let shared = shared_store();
+    let log = Log::default();
+    let first = start_node(shared.clone(), &log);
+    assert!(wait_until(Duration::from_secs(5), || !elected(&log).is_empty()).await, "no leader");
+    // A second process under the same id (a deploy with surge).
+    let recorder = Recorder { node: first.id, log: Arc::clone(&log) }.start();
+    let twin = LeaderElection::new(
+        shared.clone(),
+        ClusterName::default(),
+        first.id,
+        ClusterConfig::default(),
+        recorder.recipient(),
+    )
+    .start();
+    pass(Duration::from_secs(10)).await;
+    assert_eq!(elected(&log).len(), 1, "the twin never leads while the first holds the lease");
+    assert_eq!(twin.send(CurrentFence).await.expect("mailbox"), None);
+
+    // The first resigns: the twin takes over under a new term.
+    first.election.send(Resign).await.expect("resign");
+    assert!(wait_until(Duration::from_secs(5), || elected(&log).len() == 2).await, "no takeover");
+    let terms: Vec<Term> = elected(&log).iter().map(|e| e.2).collect();
+    assert_eq!(terms, vec![Term(1), Term(2)]);
+    assert!(twin.send(CurrentFence).await.expect("mailbox").is_some());
+}

@@ -178,10 +178,14 @@ impl Env {
         (id, session)
     }
 
-    /// Registers a worker by hand (a revocation target that never runs).
+    /// Registers a worker by hand (a revocation target that never runs), with a lease long
+    /// enough to stay live through a test without heartbeats: a handoff goes only to a live
+    /// target.
     async fn register_by_hand(&self) -> WorkerId {
         let id = WorkerId::new_v7();
-        self.mem.register_worker(&self.registration(id)).await.expect("register by hand");
+        let registration =
+            WorkerRegistration { session_timeout: Duration::from_secs(3_600), ..self.registration(id) };
+        self.mem.register_worker(&registration).await.expect("register by hand");
         id
     }
 
@@ -552,7 +556,8 @@ async fn a_worker_whose_store_calls_hang_still_fences_itself_in_time() {
 
     env.store.restore();
     wait_until!("a new session", status(&session).await.session_epoch == Some(first.next()));
-    wait_until!("the partition runs again", runs(&session, env.queue.id, 0, epoch).await);
+    // The new session adopted the partition at the next epoch.
+    wait_until!("the partition runs again", runs(&session, env.queue.id, 0, epoch.next()).await);
 }
 
 #[actix::test]

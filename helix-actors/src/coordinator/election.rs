@@ -48,7 +48,13 @@ pub struct CurrentFence;
 /// Takes and keeps the coordinator lease of one cluster.
 ///
 /// Every `coordinator_renew_interval` a follower tries to acquire the lease and the leader
-/// renews it. The leader notes the instant *before* each renewal is sent and trusts itself
+/// renews it; each attempt is given up after `coordinator_lease − safety_margin` (a lease it
+/// brings later could not be trusted anyway), so one lost call never stops the next ones.
+///
+/// One process per term: the store refuses a running lease to every id, this node's own
+/// included ([`Store::acquire_lease`]). A second process started under this node's id
+/// therefore waits as a follower until the lease is released or runs out, then leads under a
+/// new term; so does this node after it stepped down while its lease still ran. The leader notes the instant *before* each renewal is sent and trusts itself
 /// only until that instant plus `coordinator_lease` minus `safety_margin`, on its own
 /// monotonic clock: a timer set at that deadline steps it down if no renewal moved the
 /// deadline on, so it has stopped acting before the lease can run out on the database's
@@ -83,6 +89,14 @@ impl LeaderElection {
         Self { store, cluster, me, config, subscriber, leading: None, in_flight: false }
     }
 
+    /// How long one acquisition or renewal may take: an answer is worth nothing later, since
+    /// a lease it brings is trusted only until `sent + lease − margin`. Past it the call is
+    /// dropped and counted as failed, so a call lost with its connection never keeps the next
+    /// ticks from trying again.
+    fn call_bound(&self) -> Duration {
+        self.config.coordinator_lease.saturating_sub(self.config.safety_margin).max(Duration::from_millis(1))
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight {
             return;
@@ -90,11 +104,17 @@ impl LeaderElection {
         self.in_flight = true;
         let store = Arc::clone(&self.store);
         let lease = self.config.coordinator_lease;
+        let bound = self.call_bound();
+        let late = move || StoreError::Unavailable(format!("no answer from the store within {bound:?}"));
         let sent = Instant::now();
         match &self.leading {
             Some(leading) => {
                 let fence = leading.fence.clone();
-                let renewal = async move { store.renew_lease(&fence, lease).await };
+                let renewal = async move {
+                    tokio::time::timeout(bound, store.renew_lease(&fence, lease))
+                        .await
+                        .unwrap_or_else(|_| Err(late()))
+                };
                 ctx.spawn(renewal.into_actor(self).map(move |result, act, ctx| {
                     act.in_flight = false;
                     act.renewed(result, sent, ctx);
@@ -102,7 +122,11 @@ impl LeaderElection {
             }
             None => {
                 let (cluster, me) = (self.cluster.clone(), self.me);
-                let acquisition = async move { store.acquire_lease(&cluster, me, lease).await };
+                let acquisition = async move {
+                    tokio::time::timeout(bound, store.acquire_lease(&cluster, me, lease))
+                        .await
+                        .unwrap_or_else(|_| Err(late()))
+                };
                 ctx.spawn(acquisition.into_actor(self).map(move |result, act, ctx| {
                     act.in_flight = false;
                     act.acquired(result, sent, ctx);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use helix_core::{ClusterConfig, DomainName, Epoch, PartitionId, QueueId, QueueName, SessionEpoch, WorkerId};
 use helix_store::{
-    AssignmentRecord, AssignmentState, Heartbeat, QueueRecord, Store, StoreError, StoreResult,
+    AssignmentRecord, AssignmentState, Heartbeat, QueueRecord, Store, StoreError, StoreResult, WorkerLease,
     WorkerRegistration, WorkerStatus,
 };
 use tokio::time::Instant;
@@ -201,6 +201,9 @@ pub struct WorkerSession {
     given_up: BTreeMap<PartitionKey, Epoch>,
     queues: BTreeMap<QueueId, (DomainName, QueueName)>,
     next_generation: u64,
+    /// A session registered before the actor started ([`WorkerSession::with_registration`]),
+    /// with the instant its registration was sent.
+    registered: Option<(WorkerLease, Instant)>,
 }
 
 impl WorkerSession {
@@ -233,7 +236,17 @@ impl WorkerSession {
             given_up: BTreeMap::new(),
             queues: BTreeMap::new(),
             next_generation: 0,
+            registered: None,
         }
+    }
+
+    /// Starts with the session `lease`, registered by the caller (with this session's
+    /// registration) from a request sent at `sent`, instead of registering when started: so
+    /// the caller sees a refused registration ([`StoreError::IdInUse`]) itself.
+    #[must_use]
+    pub fn with_registration(mut self, lease: WorkerLease, sent: Instant) -> Self {
+        self.registered = Some((lease, sent));
+        self
     }
 
     /// Replaces the default [`RestartPolicy`].
@@ -681,7 +694,15 @@ impl Actor for WorkerSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.register(ctx);
+        match self.registered.take() {
+            Some((lease, sent)) => {
+                info!(worker = %self.id(), session_epoch = %lease.session_epoch, "worker registered");
+                self.session = Some(lease.session_epoch);
+                self.renewed(sent, ctx);
+                self.poll(ctx);
+            }
+            None => self.register(ctx),
+        }
         ctx.run_interval(self.config.heartbeat_interval, |act, ctx| act.tick(ctx));
     }
 
