@@ -694,10 +694,9 @@ pub async fn a_lease_that_ran_out_cannot_write(b: &dyn Backend) {
     let term = store.acquire_lease(&c, me, SHORT).await.expect("acquire").expect("free lease");
     let fence = CoordinatorFence { cluster: c.clone(), holder: me, term };
     let (dying, _) = register(&*store, &[], SHORT).await;
-    wait_until(b, "the lease and the short session run out", async || {
-        lease_ran_out(&*store, &c).await && session_ran_out(&*store, dying).await
-    })
-    .await;
+    // From the first moment the store calls the lease run out (on a manual clock, the very
+    // instant it ends), its holder is fenced.
+    wait_until(b, "the lease runs out", async || lease_ran_out(&*store, &c).await).await;
 
     let before = Snapshot::take(&*store, &[&q], &[&c]).await;
     assert_fenced(store.apply_plan(&fence, q.id, &[grant(0, 0, w)]).await, "plan after the lease ran out");
@@ -821,7 +820,19 @@ pub async fn every_session_write_checks_worker_session_status_and_expiry(b: &dyn
     );
     before.assert_unchanged(&*store, &[], &[], "refused session writes").await;
 
-    wait_until(b, "the short session runs out", async || session_ran_out(&*store, dying).await).await;
+    // Up to the instant its lease ends, a session listed live is not declared dead. Only a
+    // manual clock can stop at that instant; on real time the lease may end between the two
+    // calls.
+    let fence = lead(&*store, "main").await;
+    wait_until(b, "the short session runs out", async || {
+        let live = store.list_workers(WorkerFilter::Live).await.expect("list");
+        if !b.real_time() && live.iter().any(|w| w.id == dying) {
+            let marked = store.mark_workers_dead(&fence, &[dying]).await.expect("mark");
+            assert!(marked.is_empty(), "a session listed live was declared dead");
+        }
+        session_ran_out(&*store, dying).await
+    })
+    .await;
     let before = Snapshot::take(&*store, &[], &[]).await;
     assert_eq!(store.heartbeat(dying, dying_session, LONG).await.expect("heartbeat"), Heartbeat::Expired);
     assert_fenced(
