@@ -666,6 +666,19 @@ pub async fn the_same_holder_under_an_old_term_cannot_write(b: &dyn Backend) {
     .await;
     let term = store.acquire_lease(&c, me, LONG).await.expect("acquire again").expect("a lease that ran out");
     assert_eq!(term, old_term.next(), "taking a lease that ran out starts a new term, even for its holder");
+    let elected: Vec<_> = store
+        .events_since(0, 1_000)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == EventKind::LeaderElected)
+        .map(|e| (e.worker, e.term))
+        .collect();
+    assert_eq!(
+        elected,
+        vec![(Some(me), Some(old_term)), (Some(me), Some(term))],
+        "each new term is an election"
+    );
     let current = CoordinatorFence { term, ..old.clone() };
 
     let before = Snapshot::take(&*store, &[&q], &[&c]).await;
