@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
             a_fence_holds_for_its_own_holder_and_cluster_only,
             every_owner_write_checks_owner_epoch_and_state,
             every_session_write_checks_worker_session_status_and_expiry,
+            plan_events_name_the_previous_owner,
             plans_grant_revoke_and_cancel,
             plans_skip_stale_epochs_and_live_owners,
             grants_take_over_partitions_of_expired_owners,
@@ -861,6 +862,26 @@ pub async fn every_session_write_checks_worker_session_status_and_expiry(b: &dyn
         vec![(live, WorkerStatus::Draining), (left, WorkerStatus::Left), (dying, WorkerStatus::Active)];
     expected.sort();
     assert_eq!(statuses, expected, "only the live session changed");
+}
+
+/// A plan's events say whose partition moved: a grant that takes over names the previous
+/// owner in its detail; a release names the owner it released as its worker.
+pub async fn plan_events_name_the_previous_owner(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 2).await;
+    let (dying, _) = register(&*store, &[&q], SHORT).await;
+    let fence = lead(&*store, "main").await;
+    store.apply_plan(&fence, q.id, &[grant(0, 0, dying), grant(1, 0, dying)]).await.expect("grant");
+    wait_until(b, "the short session runs out", async || session_ran_out(&*store, dying).await).await;
+    let (heir, _) = register(&*store, &[&q], LONG).await;
+    let release = PlanChange::Release { partition: PartitionId(1), expected_epoch: Epoch(1) };
+    store.apply_plan(&fence, q.id, &[grant(0, 1, heir), release]).await.expect("take over");
+    let events = store.events_since(0, 1_000).await.expect("events");
+    let [.., granted, released] = events.as_slice() else { panic!("too few events: {events:?}") };
+    assert_eq!((granted.kind, granted.worker), (EventKind::PartitionGranted, Some(heir)));
+    assert_eq!(granted.detail["previous_owner"], serde_json::json!(dying.to_string()));
+    assert_eq!((released.kind, released.worker), (EventKind::PartitionReleased, Some(dying)));
+    assert_eq!(released.detail.get("previous_owner"), None, "a release has no previous owner: {released:?}");
 }
 
 // ---- assignments --------------------------------------------------------------------------
