@@ -64,6 +64,16 @@ mutant_re() {
     esac
 }
 
+# ---- baseline: each suite passes unmutated, or nothing below means anything -----------------
+for group in "${groups[@]}"; do
+    echo "== baseline: $group"
+    # shellcheck disable=SC2046
+    if ! cargo nextest run --no-fail-fast $(test_args "$group") >"$OUT/baseline-$group.log" 2>&1; then
+        echo "the $group suite fails unmutated, see $OUT/baseline-$group.log" >&2
+        exit 2
+    fi
+done
+
 # ---- part 1: cargo-mutants -------------------------------------------------------------------
 # Excluded: the unit tests' own code, and replacing a whole function's body with a value
 # built through a result alias (`StoreResult::new()` and the like), which never compiles.
@@ -174,17 +184,19 @@ PY
 
 summary="$OUT/removals.txt"
 : >"$summary"
+n=0
 for group in "${groups[@]}"; do
     echo "== condition removals: $group"
     while IFS='|' read -r g file anchor pattern replacement; do
         [ "$g" = "$group" ] || continue
-        name="$file: $anchor … $pattern"
+        n=$((n + 1))
+        name="#$n $file: $anchor … $pattern"
         if ! apply_removal "$file" "$anchor" "$pattern" "$replacement"; then
             echo "stale  $name" | tee -a "$summary"
             restore
             continue
         fi
-        log="$OUT/removal.log"
+        log="$OUT/removal-$n.log"
         # shellcheck disable=SC2046
         if ! cargo nextest run --no-run $(test_args "$group") >"$log" 2>&1; then
             outcome=unviable

@@ -862,6 +862,19 @@ pub async fn every_session_write_checks_worker_session_status_and_expiry(b: &dyn
         vec![(live, WorkerStatus::Draining), (left, WorkerStatus::Left), (dying, WorkerStatus::Active)];
     expected.sort();
     assert_eq!(statuses, expected, "only the live session changed");
+
+    // A session that has just left is refused even within the tick of the store's clock in
+    // which it left, where its ended lease still reads as running: there only the status
+    // refuses it. A clock with coarse ticks (SQLite's milliseconds) makes that tick likely.
+    for _ in 0..50 {
+        let (id, session) = register(&*store, &[], LONG).await;
+        store.deregister_worker(id, session).await.expect("deregister");
+        assert_eq!(store.heartbeat(id, session, LONG).await.expect("heartbeat"), Heartbeat::Deregistered);
+        assert_fenced(
+            store.set_worker_status(id, session, WorkerStatus::Active).await,
+            "right after leaving",
+        );
+    }
 }
 
 /// A plan's events say whose partition moved: a grant that takes over names the previous
