@@ -55,6 +55,12 @@ macro_rules! conformance_tests {
             an_expired_lease_changes_hands_with_a_higher_term,
             racing_contenders_get_exactly_one_leader,
             a_stale_term_cannot_write,
+            the_same_holder_under_an_old_term_cannot_write,
+            a_lease_that_ran_out_cannot_write,
+            a_fence_holds_for_its_own_holder_and_cluster_only,
+            every_owner_write_checks_owner_epoch_and_state,
+            every_session_write_checks_worker_session_status_and_expiry,
+            plan_events_name_the_previous_owner,
             plans_grant_revoke_and_cancel,
             plans_skip_stale_epochs_and_live_owners,
             grants_take_over_partitions_of_expired_owners,
@@ -571,6 +577,329 @@ pub async fn a_stale_term_cannot_write(b: &dyn Backend) {
     assert_fenced(store.apply_plan(&forged, q.id, &[grant(1, 0, w)]).await, "right term, wrong holder");
     let current = CoordinatorFence { cluster: old.cluster.clone(), holder: new_holder, term };
     assert_eq!(store.apply_plan(&current, q.id, &[grant(1, 0, w)]).await.expect("current").applied, 1);
+}
+
+// ---- fences: every condition of every fence ------------------------------------------------
+//
+// Each fence is a conjunction (coordinator: cluster, holder, term, expiry; owner: queue,
+// partition, owner, epoch, state; session: worker, session epoch, status, expiry). The cases
+// below give each condition a write that only that condition refuses, so that dropping it from
+// any backend fails a case (`scripts/mutants-fences.sh` checks this).
+
+/// How far [`wait_until`] lets the store's clock move between two looks at its condition.
+const STEP: Duration = Duration::from_millis(100);
+/// How long [`wait_until`] lets time pass before it fails: generous against a busy machine.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// Lets time pass on the store's clock, a step at a time, until `done` holds; panics naming
+/// `what` when it still does not after [`WAIT_LIMIT`].
+async fn wait_until(b: &dyn Backend, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let mut waited = Duration::ZERO;
+    while !done().await {
+        assert!(waited < WAIT_LIMIT, "{what}: still not so after {waited:?}");
+        b.advance(STEP).await;
+        waited += STEP;
+    }
+}
+
+async fn lease_ran_out(store: &dyn Store, c: &ClusterName) -> bool {
+    store.get_lease(c).await.expect("get_lease").is_some_and(|l| l.expired)
+}
+
+async fn session_ran_out(store: &dyn Store, worker: WorkerId) -> bool {
+    let expired = store.list_workers(WorkerFilter::Expired).await.expect("list_workers");
+    expired.iter().any(|w| w.id == worker)
+}
+
+/// Everything a refused write must leave as it was: the rows of some queues, every worker,
+/// the leases of some clusters and the event log.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    rows: Vec<crate::QueueAssignments>,
+    workers: Vec<crate::WorkerRecord>,
+    leases: Vec<Option<crate::LeaseRecord>>,
+    last_event: Option<u64>,
+}
+
+impl Snapshot {
+    async fn take(store: &dyn Store, queues: &[&QueueRecord], clusters: &[&ClusterName]) -> Self {
+        let mut rows = Vec::new();
+        for q in queues {
+            rows.push(store.assignments(q.id).await.expect("assignments"));
+        }
+        let mut leases = Vec::new();
+        for c in clusters {
+            leases.push(store.get_lease(c).await.expect("get_lease"));
+        }
+        Self {
+            rows,
+            workers: store.list_workers(WorkerFilter::All).await.expect("list_workers"),
+            leases,
+            last_event: store.events_since(0, 100_000).await.expect("events").last().map(|e| e.id),
+        }
+    }
+
+    async fn assert_unchanged(
+        &self,
+        store: &dyn Store,
+        queues: &[&QueueRecord],
+        clusters: &[&ClusterName],
+        what: &str,
+    ) {
+        let now = Self::take(store, queues, clusters).await;
+        assert_eq!(&now, self, "{what} changed something");
+    }
+}
+
+/// A leader whose lease ran out and that took it again under the same identity (term + 1)
+/// cannot write under its old term: a plan or a death sentence computed before is `Fenced`,
+/// a renewal is `Fenced`, a release does nothing (the new term's lease stays), and none of
+/// them changes anything. The holder and expiry conditions all hold here: only the term
+/// refuses these writes.
+pub async fn the_same_holder_under_an_old_term_cannot_write(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 4).await;
+    let (w, _) = register(&*store, &[&q], LONG).await;
+    let c = cluster("main");
+    let me = WorkerId::new_v7();
+    let old_term = store.acquire_lease(&c, me, SHORT).await.expect("acquire").expect("free lease");
+    let old = CoordinatorFence { cluster: c.clone(), holder: me, term: old_term };
+    store.apply_plan(&old, q.id, &[grant(0, 0, w)]).await.expect("plan under the current term");
+    let (dying, _) = register(&*store, &[], SHORT).await;
+    wait_until(b, "the lease and the short session run out", async || {
+        lease_ran_out(&*store, &c).await && session_ran_out(&*store, dying).await
+    })
+    .await;
+    let term = store.acquire_lease(&c, me, LONG).await.expect("acquire again").expect("a lease that ran out");
+    assert_eq!(term, old_term.next(), "taking a lease that ran out starts a new term, even for its holder");
+    let elected: Vec<_> = store
+        .events_since(0, 1_000)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == EventKind::LeaderElected)
+        .map(|e| (e.worker, e.term))
+        .collect();
+    assert_eq!(
+        elected,
+        vec![(Some(me), Some(old_term)), (Some(me), Some(term))],
+        "each new term is an election"
+    );
+    let current = CoordinatorFence { term, ..old.clone() };
+
+    let before = Snapshot::take(&*store, &[&q], &[&c]).await;
+    assert_fenced(store.apply_plan(&old, q.id, &[grant(1, 0, w)]).await, "plan under the old term");
+    assert_fenced(store.mark_workers_dead(&old, &[dying]).await, "death sentence under the old term");
+    assert_fenced(store.renew_lease(&old, LONG).await, "renewal under the old term");
+    store.release_lease(&old).await.expect("a release under the old term does nothing");
+    before.assert_unchanged(&*store, &[&q], &[&c], "writes under the old term").await;
+
+    assert_eq!(store.apply_plan(&current, q.id, &[grant(1, 0, w)]).await.expect("plan").applied, 1);
+    assert_eq!(store.mark_workers_dead(&current, &[dying]).await.expect("mark"), vec![dying]);
+    store.renew_lease(&current, LONG).await.expect("renewal under the current term");
+    let lease = store.get_lease(&c).await.expect("get").expect("exists");
+    assert_eq!((lease.holder, lease.term, lease.expired), (Some(me), term, false));
+}
+
+/// A lease that ran out fences its holder even while nobody else has taken it: plans, death
+/// sentences and renewals are `Fenced`, a release does nothing, none changes anything. Only
+/// the expiry refuses these writes.
+pub async fn a_lease_that_ran_out_cannot_write(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 2).await;
+    let (w, _) = register(&*store, &[&q], LONG).await;
+    let c = cluster("main");
+    let me = WorkerId::new_v7();
+    let term = store.acquire_lease(&c, me, SHORT).await.expect("acquire").expect("free lease");
+    let fence = CoordinatorFence { cluster: c.clone(), holder: me, term };
+    let (dying, _) = register(&*store, &[], SHORT).await;
+    // From the first moment the store calls the lease run out (on a manual clock, the very
+    // instant it ends), its holder is fenced.
+    wait_until(b, "the lease runs out", async || lease_ran_out(&*store, &c).await).await;
+
+    let before = Snapshot::take(&*store, &[&q], &[&c]).await;
+    assert_fenced(store.apply_plan(&fence, q.id, &[grant(0, 0, w)]).await, "plan after the lease ran out");
+    assert_fenced(store.mark_workers_dead(&fence, &[dying]).await, "death sentence after the lease ran out");
+    assert_fenced(store.renew_lease(&fence, LONG).await, "renewal after the lease ran out");
+    store.release_lease(&fence).await.expect("releasing a lease that ran out does nothing");
+    before.assert_unchanged(&*store, &[&q], &[&c], "writes after the lease ran out").await;
+}
+
+/// A fence names one cluster's lease: a holder of the same term in another cluster, or
+/// another holder in this one, cannot plan, sentence, renew or release with it. Only the
+/// holder (and the cluster) conditions refuse these writes.
+pub async fn a_fence_holds_for_its_own_holder_and_cluster_only(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 2).await;
+    let (w, _) = register(&*store, &[&q], LONG).await;
+    let (dying, _) = register(&*store, &[], SHORT).await;
+    let (main, second) = (cluster("main"), cluster("second"));
+    let (leader, other) = (WorkerId::new_v7(), WorkerId::new_v7());
+    let term = store.acquire_lease(&main, leader, LONG).await.expect("acquire").expect("free lease");
+    let other_term = store.acquire_lease(&second, other, LONG).await.expect("acquire").expect("free lease");
+    assert_eq!(term, other_term, "both clusters start at the same term");
+    wait_until(b, "the short session runs out", async || session_ran_out(&*store, dying).await).await;
+
+    // `other` holds a running lease of this term, but in the other cluster.
+    let forged = CoordinatorFence { cluster: main.clone(), holder: other, term };
+    let before = Snapshot::take(&*store, &[&q], &[&main, &second]).await;
+    assert_fenced(store.apply_plan(&forged, q.id, &[grant(0, 0, w)]).await, "plan by another holder");
+    assert_fenced(store.mark_workers_dead(&forged, &[dying]).await, "death sentence by another holder");
+    assert_fenced(store.renew_lease(&forged, LONG).await, "renewal by another holder");
+    store.release_lease(&forged).await.expect("a release by another holder does nothing");
+    before.assert_unchanged(&*store, &[&q], &[&main, &second], "writes by another holder").await;
+
+    let fence = CoordinatorFence { cluster: main.clone(), holder: leader, term };
+    assert_eq!(store.apply_plan(&fence, q.id, &[grant(0, 0, w)]).await.expect("plan").applied, 1);
+}
+
+/// Handoff, release and failure are each refused to a worker that does not own the row (at
+/// the row's epoch), to the owner under an earlier epoch, and (handoff) on a row that is not
+/// being revoked; the allowed write changes its own row only.
+pub async fn every_owner_write_checks_owner_epoch_and_state(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 3).await;
+    let other_q = make_queue(&*store, "d", "other", 3).await;
+    let (owner, _) = register(&*store, &[&q, &other_q], LONG).await;
+    let (stranger, _) = register(&*store, &[&q, &other_q], LONG).await;
+    let fence = lead(&*store, "main").await;
+    for queue in [&q, &other_q] {
+        let first: Vec<_> = (0..3).map(|p| grant(p, 0, owner)).collect();
+        store.apply_plan(&fence, queue.id, &first).await.expect("grant");
+        // Granted again to the same owner: epoch 2, so epoch 1 is the owner's own stale epoch.
+        let again: Vec<_> = (0..3).map(|p| grant(p, 1, owner)).collect();
+        store.apply_plan(&fence, queue.id, &again).await.expect("grant again");
+    }
+    store.apply_plan(&fence, q.id, &[revoke(0, 2, stranger)]).await.expect("revoke");
+    store.apply_plan(&fence, other_q.id, &[revoke(0, 2, stranger)]).await.expect("revoke");
+    let detail = serde_json::json!({ "failures": 3 });
+    let (p0, p1, p2) = (PartitionId(0), PartitionId(1), PartitionId(2));
+
+    let before = Snapshot::take(&*store, &[&q, &other_q], &[]).await;
+    assert_fenced(store.handoff(q.id, p0, stranger, Epoch(2)).await, "handoff by a stranger");
+    assert_fenced(store.release_partition(q.id, p1, stranger, Epoch(2)).await, "release by a stranger");
+    assert_fenced(store.fail_partition(q.id, p2, stranger, Epoch(2), &detail).await, "failure by a stranger");
+    assert_fenced(store.handoff(q.id, p0, owner, Epoch(1)).await, "handoff under a stale epoch");
+    assert_fenced(store.release_partition(q.id, p1, owner, Epoch(1)).await, "release under a stale epoch");
+    assert_fenced(
+        store.fail_partition(q.id, p2, owner, Epoch(1), &detail).await,
+        "failure under a stale epoch",
+    );
+    assert_fenced(store.handoff(q.id, p1, owner, Epoch(2)).await, "handoff of a row not being revoked");
+    before.assert_unchanged(&*store, &[&q, &other_q], &[], "refused owner writes").await;
+
+    // Each allowed write changes its own row and nothing else.
+    let check = async |done: &[(u32, Option<WorkerId>, u64, AssignmentState)]| {
+        let rows = store.assignments(q.id).await.expect("read").rows;
+        for (p, owner, epoch, state) in done {
+            let row = &rows[*p as usize];
+            assert_eq!((row.owner, row.epoch, row.state), (*owner, Epoch(*epoch), *state), "partition {p}");
+        }
+        let others = store.assignments(other_q.id).await.expect("read");
+        assert_eq!(others, before.rows[1], "the other queue is untouched");
+    };
+    let (assigned, revoking) = (AssignmentState::Assigned, AssignmentState::Revoking);
+    assert_eq!(store.release_partition(q.id, p1, owner, Epoch(2)).await.expect("release"), Epoch(3));
+    check(&[(0, Some(owner), 2, revoking), (1, None, 3, assigned), (2, Some(owner), 2, assigned)]).await;
+    assert_eq!(store.fail_partition(q.id, p2, owner, Epoch(2), &detail).await.expect("fail"), Epoch(3));
+    check(&[(0, Some(owner), 2, revoking), (2, None, 3, AssignmentState::Failed)]).await;
+    assert_eq!(store.handoff(q.id, p0, owner, Epoch(2)).await.expect("handoff"), Epoch(3));
+    check(&[(0, Some(stranger), 3, assigned), (1, None, 3, assigned), (2, None, 3, AssignmentState::Failed)])
+        .await;
+}
+
+/// Heartbeats and status changes are refused to a session that is over, whoever else is
+/// live: an unknown worker, a deregistered one and an expired one, each while another
+/// worker holds a live session of the same number; and none of them renews or changes
+/// anyone.
+pub async fn every_session_write_checks_worker_session_status_and_expiry(b: &dyn Backend) {
+    let store = b.store();
+    let (live, live_session) = register(&*store, &[], LONG).await;
+    let (left, left_session) = register(&*store, &[], LONG).await;
+    let (dying, dying_session) = register(&*store, &[], SHORT).await;
+    assert_eq!((left_session, dying_session), (live_session, live_session), "first sessions all");
+    store.deregister_worker(left, left_session).await.expect("deregister");
+
+    // Right away, before any time passes: only the status refuses these.
+    let before = Snapshot::take(&*store, &[], &[]).await;
+    assert_eq!(store.heartbeat(left, left_session, LONG).await.expect("heartbeat"), Heartbeat::Deregistered);
+    assert_fenced(
+        store.set_worker_status(left, left_session, WorkerStatus::Active).await,
+        "status after leaving",
+    );
+    let unknown = WorkerId::new_v7();
+    assert_eq!(store.heartbeat(unknown, live_session, LONG).await.expect("heartbeat"), Heartbeat::Unknown);
+    assert_fenced(
+        store.set_worker_status(unknown, live_session, WorkerStatus::Draining).await,
+        "unknown worker",
+    );
+    assert_fenced(
+        store.set_worker_status(live, live_session.next(), WorkerStatus::Draining).await,
+        "a session that never began",
+    );
+    before.assert_unchanged(&*store, &[], &[], "refused session writes").await;
+
+    // Up to the instant its lease ends, a session listed live is not declared dead. Only a
+    // manual clock can stop at that instant; on real time the lease may end between the two
+    // calls.
+    let fence = lead(&*store, "main").await;
+    wait_until(b, "the short session runs out", async || {
+        let live = store.list_workers(WorkerFilter::Live).await.expect("list");
+        if !b.real_time() && live.iter().any(|w| w.id == dying) {
+            let marked = store.mark_workers_dead(&fence, &[dying]).await.expect("mark");
+            assert!(marked.is_empty(), "a session listed live was declared dead");
+        }
+        session_ran_out(&*store, dying).await
+    })
+    .await;
+    let before = Snapshot::take(&*store, &[], &[]).await;
+    assert_eq!(store.heartbeat(dying, dying_session, LONG).await.expect("heartbeat"), Heartbeat::Expired);
+    assert_fenced(
+        store.set_worker_status(dying, dying_session, WorkerStatus::Draining).await,
+        "expired session",
+    );
+    before.assert_unchanged(&*store, &[], &[], "refused session writes after expiry").await;
+
+    store.set_worker_status(live, live_session, WorkerStatus::Draining).await.expect("live session");
+    let statuses: Vec<_> =
+        store.list_workers(WorkerFilter::All).await.expect("list").iter().map(|w| (w.id, w.status)).collect();
+    let mut expected =
+        vec![(live, WorkerStatus::Draining), (left, WorkerStatus::Left), (dying, WorkerStatus::Active)];
+    expected.sort();
+    assert_eq!(statuses, expected, "only the live session changed");
+
+    // A session that has just left is refused even within the tick of the store's clock in
+    // which it left, where its ended lease still reads as running: there only the status
+    // refuses it. A clock with coarse ticks (SQLite's milliseconds) makes that tick likely.
+    for _ in 0..50 {
+        let (id, session) = register(&*store, &[], LONG).await;
+        store.deregister_worker(id, session).await.expect("deregister");
+        assert_eq!(store.heartbeat(id, session, LONG).await.expect("heartbeat"), Heartbeat::Deregistered);
+        assert_fenced(
+            store.set_worker_status(id, session, WorkerStatus::Active).await,
+            "right after leaving",
+        );
+    }
+}
+
+/// A plan's events say whose partition moved: a grant that takes over names the previous
+/// owner in its detail; a release names the owner it released as its worker.
+pub async fn plan_events_name_the_previous_owner(b: &dyn Backend) {
+    let store = b.store();
+    let q = make_queue(&*store, "d", "q", 2).await;
+    let (dying, _) = register(&*store, &[&q], SHORT).await;
+    let fence = lead(&*store, "main").await;
+    store.apply_plan(&fence, q.id, &[grant(0, 0, dying), grant(1, 0, dying)]).await.expect("grant");
+    wait_until(b, "the short session runs out", async || session_ran_out(&*store, dying).await).await;
+    let (heir, _) = register(&*store, &[&q], LONG).await;
+    let release = PlanChange::Release { partition: PartitionId(1), expected_epoch: Epoch(1) };
+    store.apply_plan(&fence, q.id, &[grant(0, 1, heir), release]).await.expect("take over");
+    let events = store.events_since(0, 1_000).await.expect("events");
+    let [.., granted, released] = events.as_slice() else { panic!("too few events: {events:?}") };
+    assert_eq!((granted.kind, granted.worker), (EventKind::PartitionGranted, Some(heir)));
+    assert_eq!(granted.detail["previous_owner"], serde_json::json!(dying.to_string()));
+    assert_eq!((released.kind, released.worker), (EventKind::PartitionReleased, Some(dying)));
+    assert_eq!(released.detail.get("previous_owner"), None, "a release has no previous owner: {released:?}");
 }
 
 // ---- assignments --------------------------------------------------------------------------
