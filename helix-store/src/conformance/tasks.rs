@@ -400,7 +400,7 @@ pub async fn tasks_a_stale_epoch_is_fenced_and_its_tasks_recovered(b: &dyn Backe
     assert_fenced(store.complete_tasks(&old, &[t]).await, "complete under a stale epoch");
     assert_fenced(store.claim_tasks(&old, 1).await, "claim under a stale epoch");
     let failure = TaskFailure { id: t, error: "late".into(), retry_in: Duration::ZERO };
-    assert_fenced(store.fail_tasks(&old, &[failure.clone()]).await, "fail under a stale epoch");
+    assert_fenced(store.fail_tasks(&old, std::slice::from_ref(&failure)).await, "fail under a stale epoch");
     assert_fenced(
         store.retry_tasks_later(&old, &[TaskRetry { id: t, delay: Duration::ZERO }]).await,
         "retry",

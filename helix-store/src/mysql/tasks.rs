@@ -469,17 +469,18 @@ async fn insert_deduplicated(
 /// too. The connection must be on the database of a [`MysqlStore`](super::MysqlStore).
 ///
 /// ```no_run
-/// # async fn demo(queue: helix_core::QueueId) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn demo(queue: helix_core::QueueId) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use diesel_async::{AsyncConnection, AsyncMysqlConnection};
 /// use helix_core::PartitionId;
-/// use helix_store::{NewTask, StoreError};
+/// use helix_store::NewTask;
 ///
+/// type AppError = Box<dyn std::error::Error + Send + Sync>;
 /// let mut conn = AsyncMysqlConnection::establish("mysql://app@127.0.0.1/shop").await?;
 /// let enqueued = conn
-///     .transaction(async |conn| {
+///     .transaction(async |conn| -> Result<_, AppError> {
 ///         // … the application's own writes on `conn` …
 ///         let task = NewTask::new(PartitionId(0), b"welcome mail".to_vec());
-///         helix_store::mysql::enqueue_in_transaction(conn, queue, &[task]).await
+///         Ok(helix_store::mysql::enqueue_in_transaction(conn, queue, &[task]).await?)
 ///     })
 ///     .await?;
 /// assert!(enqueued[0].created);

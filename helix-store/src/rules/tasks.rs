@@ -87,13 +87,13 @@ pub fn validate_new_task(
             partitions.get()
         ));
     }
-    if let Some(key) = &task.dedup_key {
-        if key.is_empty() || key.len() > MAX_DEDUP_KEY_BYTES {
-            return invalid(format!(
-                "dedup key of {} bytes is not between 1 and {MAX_DEDUP_KEY_BYTES} bytes",
-                key.len()
-            ));
-        }
+    if let Some(key) = &task.dedup_key
+        && (key.is_empty() || key.len() > MAX_DEDUP_KEY_BYTES)
+    {
+        return invalid(format!(
+            "dedup key of {} bytes is not between 1 and {MAX_DEDUP_KEY_BYTES} bytes",
+            key.len()
+        ));
     }
     match task.run_at {
         RunAt::After(d) => {

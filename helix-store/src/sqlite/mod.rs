@@ -87,10 +87,10 @@ mod tasks;
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use diesel::{Connection, SqliteConnection};
 /// use helix_core::{DomainName, PartitionCount, PartitionId, QueueName};
-/// use helix_store::{ConnectOptions, NewTask, QueueSpec, SqliteStore, Store, StoreError};
+/// use helix_store::{ConnectOptions, NewTask, QueueSpec, SqliteStore, Store};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("app.db");
@@ -100,10 +100,10 @@ mod tasks;
 /// let queue = store.create_queue(&spec).await?;
 ///
 /// let mut conn = SqliteConnection::establish(path.to_str().expect("utf-8 path"))?;
-/// let enqueued = conn.immediate_transaction(|conn| {
+/// let enqueued = conn.immediate_transaction(|conn| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
 ///     // … the application's own writes …
 ///     let task = NewTask::new(PartitionId(0), b"welcome mail".to_vec());
-///     helix_store::sqlite::enqueue_in_transaction(conn, queue.id, &[task])
+///     Ok(helix_store::sqlite::enqueue_in_transaction(conn, queue.id, &[task])?)
 /// })?;
 /// assert!(enqueued[0].created);
 /// # Ok(())
