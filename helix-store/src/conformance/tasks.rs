@@ -410,6 +410,12 @@ pub async fn tasks_a_stale_epoch_is_fenced_and_its_tasks_recovered(b: &dyn Backe
     assert_eq!(state(&*store, t).await, TaskState::Running, "fenced writes change nothing");
 
     let new = s.own(&*store, 0, released.0).await;
+    let early = store.complete_tasks(&new, &[t]).await.expect("complete before recovery");
+    assert_eq!(
+        (early.applied, early.skipped),
+        (vec![], vec![t]),
+        "claimed under another epoch: not the new owner's"
+    );
     let recovery = store.recover_partition_tasks(&new).await.expect("recover");
     assert_eq!((recovery.requeued, recovery.dead, recovery.cancelled), (vec![t], vec![], vec![]));
     let rec = store.get_task(t).await.expect("get");
@@ -427,6 +433,16 @@ pub async fn tasks_a_stale_epoch_is_fenced_and_its_tasks_recovered(b: &dyn Backe
     // The new owner's own running tasks are not recovered from under it.
     assert!(store.recover_partition_tasks(&new).await.expect("recover").requeued.is_empty());
     assert_eq!(store.complete_tasks(&new, &[t]).await.expect("complete").applied, vec![(t, TaskState::Done)]);
+
+    // The same worker under a newer epoch (as after adopting its rows again) is a new owner:
+    // its older epoch stays fenced.
+    let released =
+        store.release_partition(s.queue.id, PartitionId(0), new.worker, new.epoch).await.expect("release");
+    let adopted = s.grant_to(&*store, 0, released.0, old.worker).await;
+    assert_eq!(adopted.worker, old.worker);
+    assert_fenced(store.claim_tasks(&old, 1).await, "the same worker under its older epoch");
+    assert_fenced(store.complete_tasks(&old, &[behind]).await, "the same worker under its older epoch");
+    assert!(store.claim_tasks(&adopted, 1).await.expect("claim under the new epoch").is_empty());
 }
 
 /// A REVOKING partition takes no new claims, but its owner may still finish what it runs.
