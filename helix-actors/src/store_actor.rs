@@ -58,6 +58,10 @@ use helix_store::{
     PlanOutcome, QueueAssignments, QueueRecord, QueueSpec, Store, StoreError, StoreResult, WorkerFilter,
     WorkerLease, WorkerRecord, WorkerRegistration, WorkerStatus,
 };
+use helix_store::{
+    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
+    TaskRecord, TaskRecovery, TaskRetry, TaskState,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How many store operations a [`StoreActor`] runs at once unless told otherwise: the default
@@ -289,6 +293,37 @@ pub mod msg {
         EventsSince { after: u64, limit: u32 } -> Vec<Event> = events_since(after, limit);
         /// Deletes old events: [`Store::prune_events`].
         PruneEvents { older_than: Duration } -> u64 = prune_events(older_than);
+
+        /// Enqueues one task: [`Store::enqueue_task`].
+        EnqueueTask { queue: QueueId, task: NewTask } -> Enqueued = enqueue_task(queue, &task);
+        /// Enqueues a batch of tasks: [`Store::enqueue_tasks`].
+        EnqueueTasks { queue: QueueId, tasks: Vec<NewTask> } -> Vec<Enqueued> = enqueue_tasks(queue, &tasks);
+        /// Claims due tasks, fenced by epoch: [`Store::claim_tasks`].
+        ClaimTasks { fence: OwnerFence, limit: u32 } -> Vec<TaskRecord> = claim_tasks(&fence, limit);
+        /// Completes tasks, fenced by epoch: [`Store::complete_tasks`].
+        CompleteTasks { fence: OwnerFence, ids: Vec<TaskId> } -> TaskBatchOutcome = complete_tasks(&fence, &ids);
+        /// Records failed attempts, fenced by epoch: [`Store::fail_tasks`].
+        FailTasks { fence: OwnerFence, failures: Vec<TaskFailure> } -> TaskBatchOutcome = fail_tasks(&fence, &failures);
+        /// Puts tasks back for later, fenced by epoch: [`Store::retry_tasks_later`].
+        RetryTasksLater { fence: OwnerFence, retries: Vec<TaskRetry> } -> TaskBatchOutcome = retry_tasks_later(&fence, &retries);
+        /// Extends running attempts, fenced by epoch: [`Store::extend_tasks`].
+        ExtendTasks { fence: OwnerFence, ids: Vec<TaskId>, by: Duration } -> TaskBatchOutcome = extend_tasks(&fence, &ids, by);
+        /// Cancels a task: [`Store::cancel_task`].
+        CancelTask { id: TaskId } -> CancelOutcome = cancel_task(id);
+        /// Recovers the tasks of older epochs, fenced by epoch: [`Store::recover_partition_tasks`].
+        RecoverPartitionTasks { fence: OwnerFence } -> TaskRecovery = recover_partition_tasks(&fence);
+        /// Reads the next due time of partitions: [`Store::next_due`].
+        NextDue { queue: QueueId, partitions: Vec<PartitionId> } -> std::collections::BTreeMap<PartitionId, DateTime<Utc>> = next_due(queue, &partitions);
+        /// Counts tasks by partition and state: [`Store::task_counts`].
+        TaskCounts { queue: QueueId } -> Vec<TaskCount> = task_counts(queue);
+        /// Reads a task: [`Store::get_task`].
+        GetTask { id: TaskId } -> TaskRecord = get_task(id);
+        /// Lists tasks in one state: [`Store::list_tasks`].
+        ListTasks { queue: QueueId, state: TaskState, after: Option<TaskId>, limit: u32 } -> Vec<TaskRecord> = list_tasks(queue, state, after, limit);
+        /// Retries a dead task: [`Store::retry_dead_task`].
+        RetryDeadTask { id: TaskId } -> TaskRecord = retry_dead_task(id);
+        /// Deletes old finished tasks: [`Store::prune_tasks`].
+        PruneTasks { older_than: Duration, limit: u32 } -> u64 = prune_tasks(older_than, limit);
     }
 }
 
@@ -486,6 +521,74 @@ impl Store for StoreHandle {
     }
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64> {
         self.call(msg::PruneEvents { older_than }).await
+    }
+    async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
+        self.call(msg::EnqueueTask { queue, task: task.clone() }).await
+    }
+    async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
+        self.call(msg::EnqueueTasks { queue, tasks: tasks.to_vec() }).await
+    }
+    async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
+        self.call(msg::ClaimTasks { fence: *fence, limit }).await
+    }
+    async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
+        self.call(msg::CompleteTasks { fence: *fence, ids: ids.to_vec() }).await
+    }
+    async fn fail_tasks(
+        &self,
+        fence: &OwnerFence,
+        failures: &[TaskFailure],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.call(msg::FailTasks { fence: *fence, failures: failures.to_vec() }).await
+    }
+    async fn retry_tasks_later(
+        &self,
+        fence: &OwnerFence,
+        retries: &[TaskRetry],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.call(msg::RetryTasksLater { fence: *fence, retries: retries.to_vec() }).await
+    }
+    async fn extend_tasks(
+        &self,
+        fence: &OwnerFence,
+        ids: &[TaskId],
+        by: Duration,
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.call(msg::ExtendTasks { fence: *fence, ids: ids.to_vec(), by }).await
+    }
+    async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
+        self.call(msg::CancelTask { id }).await
+    }
+    async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
+        self.call(msg::RecoverPartitionTasks { fence: *fence }).await
+    }
+    async fn next_due(
+        &self,
+        queue: QueueId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<std::collections::BTreeMap<PartitionId, DateTime<Utc>>> {
+        self.call(msg::NextDue { queue, partitions: partitions.to_vec() }).await
+    }
+    async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>> {
+        self.call(msg::TaskCounts { queue }).await
+    }
+    async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.call(msg::GetTask { id }).await
+    }
+    async fn list_tasks(
+        &self,
+        queue: QueueId,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        self.call(msg::ListTasks { queue, state, after, limit }).await
+    }
+    async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.call(msg::RetryDeadTask { id }).await
+    }
+    async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
+        self.call(msg::PruneTasks { older_than, limit }).await
     }
 }
 

@@ -27,6 +27,10 @@ use helix_store::{
     MemStore, NewEvent, PlanChange, PlanOutcome, QueueAssignments, QueueRecord, QueueSpec, Store, StoreError,
     StoreResult, Subscription, WorkerFilter, WorkerLease, WorkerRecord, WorkerRegistration, WorkerStatus,
 };
+use helix_store::{
+    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
+    TaskRecord, TaskRecovery, TaskRetry, TaskState,
+};
 use tokio::time::Instant;
 
 use crate::TokioClock;
@@ -291,6 +295,74 @@ impl Store for CutOffStore {
     }
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64> {
         self.link().await?.prune_events(older_than).await
+    }
+    async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
+        self.link().await?.enqueue_task(queue, task).await
+    }
+    async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
+        self.link().await?.enqueue_tasks(queue, tasks).await
+    }
+    async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
+        self.link().await?.claim_tasks(fence, limit).await
+    }
+    async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
+        self.link().await?.complete_tasks(fence, ids).await
+    }
+    async fn fail_tasks(
+        &self,
+        fence: &OwnerFence,
+        failures: &[TaskFailure],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.link().await?.fail_tasks(fence, failures).await
+    }
+    async fn retry_tasks_later(
+        &self,
+        fence: &OwnerFence,
+        retries: &[TaskRetry],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.link().await?.retry_tasks_later(fence, retries).await
+    }
+    async fn extend_tasks(
+        &self,
+        fence: &OwnerFence,
+        ids: &[TaskId],
+        by: Duration,
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.link().await?.extend_tasks(fence, ids, by).await
+    }
+    async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
+        self.link().await?.cancel_task(id).await
+    }
+    async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
+        self.link().await?.recover_partition_tasks(fence).await
+    }
+    async fn next_due(
+        &self,
+        queue: QueueId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<std::collections::BTreeMap<PartitionId, DateTime<Utc>>> {
+        self.link().await?.next_due(queue, partitions).await
+    }
+    async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>> {
+        self.link().await?.task_counts(queue).await
+    }
+    async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.link().await?.get_task(id).await
+    }
+    async fn list_tasks(
+        &self,
+        queue: QueueId,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        self.link().await?.list_tasks(queue, state, after, limit).await
+    }
+    async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.link().await?.retry_dead_task(id).await
+    }
+    async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
+        self.link().await?.prune_tasks(older_than, limit).await
     }
 }
 

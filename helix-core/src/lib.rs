@@ -12,6 +12,7 @@ pub mod config;
 pub mod failure;
 pub mod ids;
 pub mod names;
+pub mod partitioning;
 pub mod planner;
 pub mod worker;
 
@@ -19,4 +20,5 @@ pub use clock::{Clock, ManualClock, MonotonicClock, SystemClock};
 pub use config::{ClusterConfig, ConfigError};
 pub use ids::{Epoch, PartitionId, QueueId, SessionEpoch, Term, WorkerId};
 pub use names::{ClusterName, DomainName, MAX_PARTITIONS, NameError, PartitionCount, QueueName};
+pub use partitioning::partition_for_key;
 pub use worker::{WorkerInfo, WorkerState};

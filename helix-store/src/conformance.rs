@@ -19,6 +19,8 @@ use async_trait::async_trait;
 
 use crate::Store;
 
+pub mod tasks;
+
 /// A store under test, freshly created and empty.
 #[async_trait]
 pub trait Backend: Send + Sync {

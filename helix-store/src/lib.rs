@@ -37,6 +37,7 @@ pub mod rules;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
+mod tasks;
 mod url;
 
 pub use error::{StoreError, StoreResult};
@@ -49,6 +50,7 @@ pub use sqlite::SqliteStore;
 #[cfg(feature = "mock")]
 pub use store::MockStore;
 pub use store::Store;
+pub use tasks::*;
 pub use url::StoreUrl;
 
 /// How to connect to a store.

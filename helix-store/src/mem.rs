@@ -15,6 +15,9 @@ use crate::error::{StoreError, StoreResult};
 use crate::model::*;
 use crate::rules::{self, LeaseDecision, RowState};
 use crate::store::Store;
+use crate::tasks::*;
+
+mod tasks;
 
 /// The in-memory store. Cheap to clone handles share one state through [`Arc`].
 ///
@@ -43,6 +46,7 @@ struct Inner {
     leases: BTreeMap<ClusterName, LeaseRecord>,
     events: Vec<Event>,
     next_event_id: u64,
+    tasks: tasks::TaskTables,
 }
 
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -263,6 +267,7 @@ impl Store for MemStore {
             .ok_or_else(|| StoreError::NotFound(format!("queue {domain}/{name}")))?;
         s.queues.remove(&id);
         s.assignments.remove(&id);
+        s.tasks.delete_queue(id);
         for worker in s.workers.values_mut() {
             worker.subscriptions.retain(|sub| sub.queue_id != id);
         }
@@ -631,5 +636,75 @@ impl Store for MemStore {
         let before = s.events.len();
         s.events.retain(|e| e.at >= cutoff);
         Ok((before - s.events.len()) as u64)
+    }
+
+    async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
+        let mut out = self.tasks_enqueue(queue, std::slice::from_ref(task))?;
+        out.pop().ok_or_else(|| StoreError::Database("an enqueue of one task answered nothing".to_owned()))
+    }
+    async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
+        self.tasks_enqueue(queue, tasks)
+    }
+    async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
+        self.tasks_claim(fence, limit)
+    }
+    async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
+        self.tasks_complete(fence, ids)
+    }
+    async fn fail_tasks(
+        &self,
+        fence: &OwnerFence,
+        failures: &[TaskFailure],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.tasks_fail(fence, failures)
+    }
+    async fn retry_tasks_later(
+        &self,
+        fence: &OwnerFence,
+        retries: &[TaskRetry],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.tasks_retry_later(fence, retries)
+    }
+    async fn extend_tasks(
+        &self,
+        fence: &OwnerFence,
+        ids: &[TaskId],
+        by: Duration,
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.tasks_extend(fence, ids, by)
+    }
+    async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
+        self.tasks_cancel(id)
+    }
+    async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
+        self.tasks_recover(fence)
+    }
+    async fn next_due(
+        &self,
+        queue: QueueId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<std::collections::BTreeMap<PartitionId, DateTime<Utc>>> {
+        self.tasks_next_due(queue, partitions)
+    }
+    async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>> {
+        self.tasks_counts(queue)
+    }
+    async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.tasks_get(id)
+    }
+    async fn list_tasks(
+        &self,
+        queue: QueueId,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        self.tasks_list(queue, state, after, limit)
+    }
+    async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.tasks_retry_dead(id)
+    }
+    async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
+        self.tasks_prune(older_than, limit)
     }
 }

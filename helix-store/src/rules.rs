@@ -3,6 +3,8 @@
 //! backend reads the current rows (locked, inside its transaction), asks these functions, and
 //! writes the answer in the same transaction.
 
+pub mod tasks;
+
 use std::collections::BTreeSet;
 
 use helix_core::{Epoch, PartitionCount, PartitionId, QueueId, SessionEpoch, Term, WorkerId};

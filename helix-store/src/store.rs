@@ -1,5 +1,6 @@
 //! The [`Store`] trait: everything Helix keeps in its database.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +14,10 @@ use crate::model::{
     AssignmentRecord, CoordinatorFence, DomainRecord, Event, Heartbeat, LeaseRecord, NewEvent, PlanChange,
     PlanOutcome, QueueAssignments, QueueRecord, QueueSpec, WorkerFilter, WorkerLease, WorkerRecord,
     WorkerRegistration, WorkerStatus,
+};
+use crate::tasks::{
+    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
+    TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
 
 /// Everything Helix keeps in its database, behind one async interface that the MySQL, SQLite
@@ -190,4 +195,100 @@ pub trait Store: Send + Sync + 'static {
     async fn events_since(&self, after: u64, limit: u32) -> StoreResult<Vec<Event>>;
     /// Deletes the events older than `older_than` on the store's clock; returns how many.
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64>;
+
+    // ---- tasks (DESIGN §6; guarantees in docs/tasks.md) ----------------------------------
+
+    /// Enqueues one task in `queue`; see [`Store::enqueue_tasks`].
+    async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued>;
+    /// Enqueues a batch of tasks atomically (all or none), in multi-row statements; returns
+    /// one [`Enqueued`] per task, in order. New tasks get increasing ids in batch order. A
+    /// task whose dedup key an unfinished task of the queue holds is not created: its answer
+    /// carries that task's id and `created: false` (so does a repeat of a key within the
+    /// batch). A dedup key held by an uncommitted enqueue is waited for, never trusted: if
+    /// that enqueue rolls back, this one creates the task.
+    ///
+    /// `NotFound` for an unknown queue; `Invalid` (nothing written) for a task that breaks
+    /// a limit of [`crate::rules::tasks::validate_new_task`] or a batch over
+    /// [`MAX_TASK_BATCH`](crate::MAX_TASK_BATCH).
+    async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>>;
+    /// Claims up to `limit` due tasks (`PENDING`, `run_at` at or before the store's now) of the
+    /// fence's partition in claim order (priority, run_at, id): each becomes `RUNNING` with
+    /// attempts + 1, `claimed_epoch`/`claimed_by` from the fence, `started_at` now and
+    /// `deadline_at` now + its timeout. Fenced by `owner = worker AND epoch = epoch AND state =
+    /// ASSIGNED` on the assignment row in the same transaction: `Fenced` otherwise (a
+    /// REVOKING partition takes no new work). Returns the claimed tasks in claim order.
+    /// `Invalid` for a limit over [`MAX_TASK_BATCH`](crate::MAX_TASK_BATCH).
+    async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>>;
+    /// Completes tasks the fence's owner claimed under its epoch: `DONE` (or `CANCELLED` when
+    /// cancelled while running), moved to the history table. Ids not running under the
+    /// fence are skipped. `Fenced` (nothing written) when `owner = worker AND epoch = epoch`
+    /// no longer holds on the assignment row (REVOKING still may complete).
+    async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome>;
+    /// Records failed attempts, fenced as [`Store::complete_tasks`]: `PENDING` again at now +
+    /// `retry_in` with the error as `last_error`, or `DEAD` (history) when the attempt was the
+    /// last allowed; `CANCELLED` when cancelled while running. `Invalid` for a delay over
+    /// [`MAX_SCHEDULE_AHEAD`](crate::MAX_SCHEDULE_AHEAD).
+    async fn fail_tasks(&self, fence: &OwnerFence, failures: &[TaskFailure])
+    -> StoreResult<TaskBatchOutcome>;
+    /// Puts tasks back for later, fenced as [`Store::complete_tasks`]: `PENDING` at now +
+    /// `delay`, and the attempt does not count (attempts − 1); `CANCELLED` when cancelled
+    /// while running. `Invalid` for a delay over [`MAX_SCHEDULE_AHEAD`](crate::MAX_SCHEDULE_AHEAD).
+    async fn retry_tasks_later(
+        &self,
+        fence: &OwnerFence,
+        retries: &[TaskRetry],
+    ) -> StoreResult<TaskBatchOutcome>;
+    /// Moves the deadline of running attempts to now + `by`, fenced as
+    /// [`Store::complete_tasks`]. A task cancelled while running is answered `CANCELLING`:
+    /// the owner should stop it. `Invalid` for `by` over
+    /// [`MAX_TASK_TIMEOUT`](crate::MAX_TASK_TIMEOUT).
+    async fn extend_tasks(
+        &self,
+        fence: &OwnerFence,
+        ids: &[TaskId],
+        by: Duration,
+    ) -> StoreResult<TaskBatchOutcome>;
+    /// Cancels a task: a pending one becomes `CANCELLED` at once; a running one `CANCELLING`,
+    /// so that its owner's next write ends it as `CANCELLED` (its completion is not recorded
+    /// as `DONE`). A finished task is left alone. `NotFound` for an unknown id.
+    async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome>;
+    /// Orphan recovery by epoch, for the owner of a newly granted (or adopted) partition:
+    /// every task of the partition still claimed under an older epoch than the fence's lost
+    /// its attempt with its owner. It becomes `PENDING` again (run_at unchanged), or `DEAD`
+    /// when that was its last attempt (with a `last_error` saying so), or `CANCELLED` when it
+    /// was `CANCELLING`; the tasks behind it are unaffected. Never decided by elapsed time.
+    /// Fenced by `owner = worker AND epoch = epoch` on the assignment row, in the same
+    /// transaction; `Fenced` otherwise.
+    async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery>;
+    /// The earliest `run_at` of a `PENDING` task in each of `partitions` of `queue`, in one
+    /// statement; partitions without pending tasks are absent. Due times may be in the past.
+    async fn next_due(
+        &self,
+        queue: QueueId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<BTreeMap<PartitionId, DateTime<Utc>>>;
+    /// How many tasks of `queue` are in each state, per partition, sorted by (partition,
+    /// state); zero counts are absent. Counting finished tasks reads the history: meant for
+    /// operators, not for hot paths.
+    async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>>;
+    /// Reads one task, unfinished or finished; `NotFound` for an unknown (or pruned) id.
+    async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord>;
+    /// Up to `limit` tasks of `queue` in `state` with an id above `after`, in id order: keyset
+    /// paging, pass the last id of a page to get the next. `Invalid` for a limit over
+    /// [`MAX_TASK_BATCH`](crate::MAX_TASK_BATCH).
+    async fn list_tasks(
+        &self,
+        queue: QueueId,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> StoreResult<Vec<TaskRecord>>;
+    /// An operator's retry of a dead task: it goes back to the hot table as `PENDING`, due
+    /// now, with its id, attempts 0 and its last error kept. `NotFound` for an unknown id,
+    /// `Conflict` when the task is not `DEAD` or its dedup key is held by another unfinished
+    /// task.
+    async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord>;
+    /// Deletes up to `limit` finished tasks that finished more than `older_than` ago on the
+    /// store's clock, oldest first; returns how many. Call again while it returns `limit`.
+    async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64>;
 }

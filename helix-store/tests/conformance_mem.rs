@@ -33,3 +33,4 @@ async fn setup() -> Mem {
 }
 
 helix_store::conformance_tests!(setup());
+helix_store::task_conformance_tests!(setup());

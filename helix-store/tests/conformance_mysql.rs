@@ -46,3 +46,4 @@ impl Backend for Mysql {
 }
 
 helix_store::conformance_tests!(setup());
+helix_store::task_conformance_tests!(setup());

@@ -24,7 +24,11 @@
 
 mod ops;
 mod schema;
+mod tasks;
 
+pub use tasks::enqueue_in_transaction;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -46,6 +50,7 @@ use crate::model::*;
 use crate::retry::Retry;
 use crate::rules;
 use crate::store::Store;
+use crate::tasks::*;
 use crate::url::StoreUrl;
 use crate::{ConnectOptions, migrate};
 
@@ -552,6 +557,101 @@ impl Store for MysqlStore {
 
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64> {
         run!(self, "prune_events", |conn| ops::prune_events(conn, older_than))
+    }
+
+    async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
+        let mut out = self.enqueue_tasks(queue, std::slice::from_ref(task)).await?;
+        out.pop().ok_or_else(|| StoreError::Database("an enqueue of one task answered nothing".to_owned()))
+    }
+    async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
+        run!(self, "enqueue_tasks", |conn| tx!(conn, tasks::enqueue(conn, queue, tasks)))
+    }
+    async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
+        rules::tasks::validate_batch(limit as usize, "a claim")?;
+        run!(self, "claim_tasks", |conn| tx!(conn, tasks::claim(conn, fence, limit)))
+    }
+    async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
+        rules::tasks::validate_batch(ids.len(), "a task write")?;
+        let decide = |h: &rules::tasks::TaskHead, _| rules::tasks::after_complete(h);
+        run!(self, "complete_tasks", |conn| tx!(conn, tasks::owner_write(conn, fence, ids, &decide)))
+    }
+    async fn fail_tasks(
+        &self,
+        fence: &OwnerFence,
+        failures: &[TaskFailure],
+    ) -> StoreResult<TaskBatchOutcome> {
+        rules::tasks::validate_batch(failures.len(), "a task write")?;
+        for f in failures {
+            rules::tasks::validate_delay(f.retry_in, "retry delay")?;
+        }
+        let ids: Vec<TaskId> = failures.iter().map(|f| f.id).collect();
+        let decide = |h: &rules::tasks::TaskHead, now| match failures.iter().find(|f| f.id == h.id) {
+            Some(f) => rules::tasks::after_failure(h, now, f),
+            None => rules::tasks::after_complete(h),
+        };
+        run!(self, "fail_tasks", |conn| tx!(conn, tasks::owner_write(conn, fence, &ids, &decide)))
+    }
+    async fn retry_tasks_later(
+        &self,
+        fence: &OwnerFence,
+        retries: &[TaskRetry],
+    ) -> StoreResult<TaskBatchOutcome> {
+        rules::tasks::validate_batch(retries.len(), "a task write")?;
+        for r in retries {
+            rules::tasks::validate_delay(r.delay, "retry delay")?;
+        }
+        let ids: Vec<TaskId> = retries.iter().map(|r| r.id).collect();
+        let decide = |h: &rules::tasks::TaskHead, now| {
+            let delay = retries.iter().find(|r| r.id == h.id).map_or(Duration::ZERO, |r| r.delay);
+            rules::tasks::after_retry_later(h, now, delay)
+        };
+        run!(self, "retry_tasks_later", |conn| tx!(conn, tasks::owner_write(conn, fence, &ids, &decide)))
+    }
+    async fn extend_tasks(
+        &self,
+        fence: &OwnerFence,
+        ids: &[TaskId],
+        by: Duration,
+    ) -> StoreResult<TaskBatchOutcome> {
+        rules::tasks::validate_batch(ids.len(), "a task write")?;
+        rules::tasks::validate_extension(by)?;
+        let decide = |h: &rules::tasks::TaskHead, now| rules::tasks::after_extend(h, now, by);
+        run!(self, "extend_tasks", |conn| tx!(conn, tasks::owner_write(conn, fence, ids, &decide)))
+    }
+    async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
+        run!(self, "cancel_task", |conn| tx!(conn, tasks::cancel(conn, id)))
+    }
+    async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
+        run!(self, "recover_partition_tasks", |conn| tx!(conn, tasks::recover(conn, fence)))
+    }
+    async fn next_due(
+        &self,
+        queue: QueueId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<BTreeMap<PartitionId, DateTime<Utc>>> {
+        run!(self, "next_due", |conn| tasks::next_due(conn, queue, partitions))
+    }
+    async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>> {
+        run!(self, "task_counts", |conn| tasks::counts(conn, queue))
+    }
+    async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        run!(self, "get_task", |conn| tasks::get(conn, id))
+    }
+    async fn list_tasks(
+        &self,
+        queue: QueueId,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        rules::tasks::validate_batch(limit as usize, "a page")?;
+        run!(self, "list_tasks", |conn| tasks::list(conn, queue, state, after, limit))
+    }
+    async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        run!(self, "retry_dead_task", |conn| tx!(conn, tasks::retry_dead(conn, id)))
+    }
+    async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
+        run!(self, "prune_tasks", |conn| tasks::prune(conn, older_than, limit))
     }
 }
 

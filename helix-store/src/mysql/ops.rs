@@ -569,6 +569,10 @@ pub(super) async fn delete_queue(conn: &mut Conn, domain: &DomainName, name: &Qu
         .bind::<BigInt, _>(id)
         .execute(conn)
         .await?;
+    diesel::sql_query("DELETE FROM helix_task_history WHERE queue_id = ?")
+        .bind::<BigInt, _>(id)
+        .execute(conn)
+        .await?;
     diesel::delete(helix_queues::table.find(id)).execute(conn).await?;
     let event = NewEvent::queue_deleted(QueueId(to_u64(id, "queue id")?), domain, name);
     insert_events(conn, &[event]).await

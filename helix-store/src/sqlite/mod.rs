@@ -51,6 +51,7 @@ use crate::model::*;
 use crate::retry::Retry;
 use crate::rules::{self, LeaseDecision, RowState};
 use crate::store::Store;
+use crate::tasks::*;
 
 /// The SQLite migrations, embedded in the binary.
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
@@ -68,6 +69,61 @@ macro_rules! now {
     (modified) => {
         "strftime('%Y-%m-%d %H:%M:%f', 'now', ?)"
     };
+}
+
+// After `now!`, which it uses.
+mod tasks;
+
+/// Enqueues `tasks` in `queue` on the application's own connection, inside the transaction
+/// it holds: the tasks commit or roll back with it (transactional enqueue, DESIGN §6). The
+/// same rules, limits and answers as [`Store::enqueue_tasks`]; nothing is written when it
+/// fails.
+///
+/// Run it inside `conn.immediate_transaction(…)`: SQLite lets one writer in at a time, and a
+/// deferred transaction that read before this call may fail with a busy error when it tries
+/// to write. Outside a transaction each statement commits by itself, and a failure may leave
+/// part of a batch behind. The connection must be on the database of a [`SqliteStore`] (its
+/// schema migrated).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use diesel::{Connection, SqliteConnection};
+/// use helix_core::{DomainName, PartitionCount, PartitionId, QueueName};
+/// use helix_store::{ConnectOptions, NewTask, QueueSpec, SqliteStore, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("app.db");
+/// let store = SqliteStore::open(Some(&path), &ConnectOptions::default()).await?;
+/// store.create_domain(&DomainName::new("shop")?).await?;
+/// let spec = QueueSpec::new(DomainName::new("shop")?, QueueName::new("mail")?, PartitionCount::new(4)?);
+/// let queue = store.create_queue(&spec).await?;
+///
+/// let mut conn = SqliteConnection::establish(path.to_str().expect("utf-8 path"))?;
+/// let enqueued = conn.immediate_transaction(|conn| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+///     // … the application's own writes …
+///     let task = NewTask::new(PartitionId(0), b"welcome mail".to_vec());
+///     Ok(helix_store::sqlite::enqueue_in_transaction(conn, queue.id, &[task])?)
+/// })?;
+/// assert!(enqueued[0].created);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// As [`Store::enqueue_tasks`]; a busy database is [`StoreError::Transient`].
+pub fn enqueue_in_transaction(
+    conn: &mut SqliteConnection,
+    queue: QueueId,
+    tasks: &[NewTask],
+) -> StoreResult<Vec<Enqueued>> {
+    tasks::enqueue(conn, queue, tasks).map_err(|Fail(e)| e)
+}
+
+impl From<Fail> for StoreError {
+    fn from(fail: Fail) -> Self {
+        fail.0
+    }
 }
 
 /// The statuses of a worker that holds a session.
@@ -924,6 +980,7 @@ impl Store for SqliteStore {
                 "DELETE FROM helix_assignments WHERE queue_id = ?",
                 "DELETE FROM helix_subscriptions WHERE queue_id = ?",
                 "DELETE FROM helix_tasks WHERE queue_id = ?",
+                "DELETE FROM helix_task_history WHERE queue_id = ?",
                 "DELETE FROM helix_queues WHERE id = ?",
             ] {
                 sql_query(statement).bind::<BigInt, _>(row.id).execute(conn)?;
@@ -1564,6 +1621,119 @@ impl Store for SqliteStore {
             Ok(pruned as u64)
         })
         .await
+    }
+
+    async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
+        let mut out = self.enqueue_tasks(queue, std::slice::from_ref(task)).await?;
+        out.pop().ok_or_else(|| StoreError::Database("an enqueue of one task answered nothing".to_owned()))
+    }
+    async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
+        let tasks = tasks.to_vec();
+        self.write("enqueue_tasks", move |conn| tasks::enqueue(conn, queue, &tasks)).await
+    }
+    async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
+        crate::rules::tasks::validate_batch(limit as usize, "a claim")?;
+        let fence = *fence;
+        self.write("claim_tasks", move |conn| tasks::claim(conn, &fence, limit)).await
+    }
+    async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
+        crate::rules::tasks::validate_batch(ids.len(), "a task write")?;
+        let (fence, ids) = (*fence, ids.to_vec());
+        self.write("complete_tasks", move |conn| {
+            tasks::owner_write(conn, &fence, &ids, &|h, _| crate::rules::tasks::after_complete(h))
+        })
+        .await
+    }
+    async fn fail_tasks(
+        &self,
+        fence: &OwnerFence,
+        failures: &[TaskFailure],
+    ) -> StoreResult<TaskBatchOutcome> {
+        crate::rules::tasks::validate_batch(failures.len(), "a task write")?;
+        for f in failures {
+            crate::rules::tasks::validate_delay(f.retry_in, "retry delay")?;
+        }
+        let (fence, failures) = (*fence, failures.to_vec());
+        self.write("fail_tasks", move |conn| {
+            let ids: Vec<TaskId> = failures.iter().map(|f| f.id).collect();
+            tasks::owner_write(conn, &fence, &ids, &|h, now| match failures.iter().find(|f| f.id == h.id) {
+                Some(f) => crate::rules::tasks::after_failure(h, now, f),
+                None => crate::rules::tasks::after_complete(h),
+            })
+        })
+        .await
+    }
+    async fn retry_tasks_later(
+        &self,
+        fence: &OwnerFence,
+        retries: &[TaskRetry],
+    ) -> StoreResult<TaskBatchOutcome> {
+        crate::rules::tasks::validate_batch(retries.len(), "a task write")?;
+        for r in retries {
+            crate::rules::tasks::validate_delay(r.delay, "retry delay")?;
+        }
+        let (fence, retries) = (*fence, retries.to_vec());
+        self.write("retry_tasks_later", move |conn| {
+            let ids: Vec<TaskId> = retries.iter().map(|r| r.id).collect();
+            tasks::owner_write(conn, &fence, &ids, &|h, now| {
+                let delay = retries.iter().find(|r| r.id == h.id).map_or(Duration::ZERO, |r| r.delay);
+                crate::rules::tasks::after_retry_later(h, now, delay)
+            })
+        })
+        .await
+    }
+    async fn extend_tasks(
+        &self,
+        fence: &OwnerFence,
+        ids: &[TaskId],
+        by: Duration,
+    ) -> StoreResult<TaskBatchOutcome> {
+        crate::rules::tasks::validate_batch(ids.len(), "a task write")?;
+        crate::rules::tasks::validate_extension(by)?;
+        let (fence, ids) = (*fence, ids.to_vec());
+        self.write("extend_tasks", move |conn| {
+            tasks::owner_write(conn, &fence, &ids, &|h, now| crate::rules::tasks::after_extend(h, now, by))
+        })
+        .await
+    }
+    async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
+        self.write("cancel_task", move |conn| tasks::cancel(conn, id)).await
+    }
+    async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
+        let fence = *fence;
+        self.write("recover_partition_tasks", move |conn| tasks::recover(conn, &fence)).await
+    }
+    async fn next_due(
+        &self,
+        queue: QueueId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<BTreeMap<PartitionId, DateTime<Utc>>> {
+        let partitions = partitions.to_vec();
+        self.read("next_due", move |conn| tasks::next_due(conn, queue, &partitions)).await
+    }
+    async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>> {
+        self.single("task_counts", move |conn| tasks::counts(conn, queue)).await
+    }
+    async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.single("get_task", move |conn| tasks::get(conn, id)).await
+    }
+    async fn list_tasks(
+        &self,
+        queue: QueueId,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        crate::rules::tasks::validate_batch(limit as usize, "a page")?;
+        self.single("list_tasks", move |conn| tasks::list(conn, queue, state, after, limit)).await
+    }
+    async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.write("retry_dead_task", move |conn| tasks::retry_dead(conn, id)).await
+    }
+    async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
+        // Beyond the range of SQLite's dates the cutoff is NULL and nothing is older.
+        let cutoff = modifier('-', older_than.min(Duration::from_secs(400 * 366 * 86_400)));
+        self.write("prune_tasks", move |conn| tasks::prune(conn, cutoff, limit)).await
     }
 }
 
