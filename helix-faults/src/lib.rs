@@ -13,6 +13,7 @@
 //! - [`process`] starts, signals and stops such processes, and [`cluster`] runs a set of them
 //!   on one store and queue, reading their tick logs and the assignment rows;
 //! - [`ticklog`] writes and reads the tick logs;
+//! - [`proxy`] counts one node's round trips to a MySQL/MariaDB server;
 //! - [`analysis`] turns ticks into tenures (who ran which partition, at which epoch, from when
 //!   to when) and finds the overlaps that the ownership promise forbids;
 //! - the `process_faults` tests and the `failover` benchmark use them.
@@ -24,6 +25,7 @@ pub mod analysis;
 pub mod clock;
 pub mod cluster;
 pub mod process;
+pub mod proxy;
 pub mod ticklog;
 
 pub use analysis::{Leadership, Overlap, Tenure};
