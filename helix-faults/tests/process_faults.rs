@@ -22,7 +22,7 @@ use helix_faults::analysis::{leader_conflicts, leaderships, overlaps, tenures};
 use helix_faults::cluster::{Cluster, Deadline, POLL, describe_rows};
 use helix_faults::process::NodeOptions;
 use helix_store::conformance::ScratchMysql;
-use helix_store::{AssignmentRecord, AssignmentState, EventKind};
+use helix_store::{AssignmentRecord, AssignmentState, EventKind, WorkerStatus};
 use nix::sys::signal::Signal;
 use tokio::time::{Instant, sleep};
 
@@ -115,6 +115,28 @@ async fn until_running_on(c: &mut Cluster, owners: &[WorkerId]) -> anyhow::Resul
         }
         sleep(POLL).await;
     }
+}
+
+/// The harness itself: a node process serves its partitions, ticks, and on `SIGTERM` leaves
+/// gracefully (its partitions released, its session deregistered) and exits with 0.
+#[tokio::test]
+async fn sqlite_a_node_process_ticks_and_stops_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let mut scene = Scene::new(Db::Sqlite, 2, |_| {}).await?;
+    let outcome = async {
+        let c = &mut scene.cluster;
+        let id = WorkerId::new_v7();
+        let node = c.spawn("node", &c.base().clone().worker(id).coordinator(WorkerId::new_v7()))?;
+        until_running_on(c, &[id]).await?;
+        let (status, by_itself) = c.node(node).terminate(STOP).await?;
+        ensure!(by_itself && status.success(), "the node did not stop cleanly: {status}\n{}", c.report());
+        let worker = c.client().store().get_worker(id).await?;
+        ensure!(worker.status == WorkerStatus::Left, "the worker did not deregister: {:?}", worker.status);
+        let rows = c.rows().await?;
+        ensure!(rows.iter().all(|r| r.owner.is_none()), "partitions still owned: {}", describe_rows(&rows));
+        Ok(())
+    }
+    .await;
+    scene.close(outcome).await
 }
 
 /// The last `helix-node: error:` line a process printed, if any.
