@@ -383,8 +383,8 @@ async fn round(
             }
         }
     }
-    if read.is_empty() {
-        return Ok((report, stuck == 0));
+    if read.is_empty() && stuck == 0 {
+        return Ok((report, true));
     }
 
     // One request for every queue of the cluster, so the allocator can balance them together.
@@ -427,6 +427,8 @@ async fn round(
             };
             tracing::warn!(reason = %reason, "no allocation this round");
             for queue in read.keys() {
+                // Read again next round: what was read still awaits a decision.
+                memory.versions.remove(queue);
                 report.failed.push((*queue, reason.clone()));
             }
             return Ok((report, false));
@@ -437,7 +439,8 @@ async fn round(
         let allocation = match answer {
             Ok(allocation) => allocation,
             Err(err) => {
-                if read.contains_key(&queue.id) {
+                if read.remove(&queue.id).is_some() {
+                    memory.versions.remove(&queue.id);
                     report.failed.push((queue.id, err.to_string()));
                 }
                 continue;
@@ -450,6 +453,7 @@ async fn round(
                 // owners last read; then read its rows to plan (a version that moved in the
                 // meantime is read again next round).
                 if memory.current.get(&queue.id) == Some(&allocation.assignment) {
+                    succeeded += 1;
                     continue;
                 }
                 report.reconciled.push(queue.id);
