@@ -580,7 +580,8 @@ pub(crate) fn allocate_joint(
             }
         }
         potential[sink] = sink_potential;
-        let sent = network.min_cost_flow(source, sink, wanted, potential);
+        // The potentials are the exact distances from the source (the network is layered).
+        let sent = network.min_cost_flow(source, sink, wanted, potential, true);
         let mut given = vec![0usize; queues];
         for &(queue, local, edge) in &cells {
             if network.flow(edge) > 0 {

@@ -40,13 +40,16 @@ impl Network {
 
     /// Sends up to `wanted` units from `source` to `sink` at the least total cost, starting
     /// from zero flow and `potential`, which must make every edge's reduced cost
-    /// `cost + potential[u] − potential[v]` non-negative. Returns the flow sent.
+    /// `cost + potential[u] − potential[v]` non-negative. When `potential` is exactly every
+    /// node's distance from `source` (`exact`), the first shortest-path search is skipped.
+    /// Returns the flow sent.
     pub(crate) fn min_cost_flow(
         &mut self,
         source: usize,
         sink: usize,
         wanted: i64,
         mut potential: Vec<i64>,
+        exact: bool,
     ) -> i64 {
         let n = self.nodes;
         // Edges grouped by tail (compressed adjacency).
@@ -71,26 +74,32 @@ impl Network {
         let mut heap = BinaryHeap::new();
         let mut queue = Vec::with_capacity(n);
         let mut path: Vec<u32> = Vec::new();
+        let mut first = exact;
         while sent < wanted {
-            // Shortest distances on reduced costs.
-            dist.fill(INF);
-            dist[source] = 0;
-            heap.push(Reverse((0i64, source as u32)));
-            while let Some(Reverse((d, u))) = heap.pop() {
-                let u = u as usize;
-                if d > dist[u] {
-                    continue;
-                }
-                for &edge in &adjacency[start[u] as usize..start[u + 1] as usize] {
-                    let edge = edge as usize;
-                    if self.cap[edge] <= 0 {
+            if std::mem::take(&mut first) {
+                // The potentials are the distances already: every shortest path is admissible.
+                dist.fill(0);
+            } else {
+                // Shortest distances on reduced costs.
+                dist.fill(INF);
+                dist[source] = 0;
+                heap.push(Reverse((0i64, source as u32)));
+                while let Some(Reverse((d, u))) = heap.pop() {
+                    let u = u as usize;
+                    if d > dist[u] {
                         continue;
                     }
-                    let v = self.to[edge] as usize;
-                    let next = d + self.cost[edge] + potential[u] - potential[v];
-                    if next < dist[v] {
-                        dist[v] = next;
-                        heap.push(Reverse((next, v as u32)));
+                    for &edge in &adjacency[start[u] as usize..start[u + 1] as usize] {
+                        let edge = edge as usize;
+                        if self.cap[edge] <= 0 {
+                            continue;
+                        }
+                        let v = self.to[edge] as usize;
+                        let next = d + self.cost[edge] + potential[u] - potential[v];
+                        if next < dist[v] {
+                            dist[v] = next;
+                            heap.push(Reverse((next, v as u32)));
+                        }
                     }
                 }
             }
@@ -200,7 +209,7 @@ mod tests {
         let b = network.add_edge(1, 3, 1, 1);
         let c = network.add_edge(0, 2, 2, 0);
         let d = network.add_edge(2, 3, 2, 5);
-        assert_eq!(network.min_cost_flow(0, 3, 2, vec![0; 4]), 2);
+        assert_eq!(network.min_cost_flow(0, 3, 2, vec![0; 4], false), 2);
         assert_eq!((network.flow(a), network.flow(b), network.flow(c), network.flow(d)), (1, 1, 1, 1));
     }
 }
