@@ -31,12 +31,15 @@ fn virtual_store() -> Arc<dyn Store> {
     Arc::new(MemStore::new(Arc::new(TokioClock::new())))
 }
 
+/// A method name, and the queue it hangs for (`None`: every call).
+type HungCall = (&'static str, Option<QueueId>);
+
 /// A link to a store on which chosen calls hang forever: by method name, and for
 /// `assignments` optionally for one queue only.
 #[derive(Clone)]
 struct HangingStore {
     inner: Arc<dyn Store>,
-    hung: Arc<Mutex<BTreeSet<(&'static str, Option<QueueId>)>>>,
+    hung: Arc<Mutex<BTreeSet<HungCall>>>,
     /// When a call first hung.
     first_hung: Arc<Mutex<Option<Instant>>>,
 }

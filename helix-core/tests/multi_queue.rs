@@ -380,8 +380,12 @@ fn change() -> impl Strategy<Value = Change> {
 struct State {
     worker_count: usize,
     zone_a: Vec<bool>,
-    queues: Vec<(Vec<Option<u32>>, Option<u32>, bool, Vec<usize>)>,
+    queues: Vec<QueueState>,
 }
+
+/// Per worker its capacity in the queue (`None`: not subscribed), the maximum, whether the
+/// queue requires `zone = a`, and the current owners.
+type QueueState = (Vec<Option<u32>>, Option<u32>, bool, Vec<usize>);
 
 fn state(max_workers: usize, max_queues: usize, max_partitions: u32) -> impl Strategy<Value = State> {
     (1..=max_workers, 1..=max_queues).prop_flat_map(move |(n, q)| {

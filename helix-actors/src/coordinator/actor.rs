@@ -12,8 +12,8 @@ use helix_core::failure::FlapPolicy;
 use helix_core::planner::Cooldowns;
 use helix_core::{ClusterConfig, QueueId, SessionEpoch, WorkerId};
 use helix_store::{
-    AssignmentState, CoordinatorFence, PlanOutcome, QueueAssignments, QueueRecord, Store, StoreError,
-    Subscription, WorkerRecord, WorkerStatus,
+    AssignmentRecord, AssignmentState, CoordinatorFence, PlanOutcome, QueueAssignments, QueueRecord, Store,
+    StoreError, Subscription, WorkerRecord, WorkerStatus,
 };
 use tokio::time::Instant;
 
@@ -312,6 +312,17 @@ async fn run_round(
     (memory, result)
 }
 
+/// The owner every partition is committed to: the target of a revocation under way when that
+/// target is live, the owner otherwise. Allocating from these rather than from the owners of
+/// the moment keeps targets steady while handoffs are in flight (an allocation is a fixed
+/// point of itself), instead of recomputing them from half-moved states.
+fn committed_owners(rows: &[AssignmentRecord], live: &BTreeSet<WorkerId>) -> Assignment {
+    Assignment::from_owners(rows.iter().map(|row| match (row.state, row.target) {
+        (AssignmentState::Revoking, Some(target)) if live.contains(&target) => Some(target),
+        _ => row.owner,
+    }))
+}
+
 /// The counts of an assignment per worker.
 fn loads_of(assignment: &Assignment) -> impl Iterator<Item = (WorkerId, u64)> + '_ {
     assignment.worker_table().iter().copied().zip(assignment.counts().iter().map(|&c| u64::from(c)))
@@ -373,7 +384,7 @@ async fn round(
         match timed(call, "reading a queue's assignments", store.assignments(queue.id)).await {
             Ok(rows) => {
                 memory.versions.insert(queue.id, rows.assignment_version);
-                memory.current.insert(queue.id, Assignment::from_owners(rows.rows.iter().map(|r| r.owner)));
+                memory.current.insert(queue.id, committed_owners(&rows.rows, &live_ids));
                 read.insert(queue.id, rows);
             }
             Err(err) => {
