@@ -144,12 +144,11 @@ impl CoordinatorNode {
     /// ```no_run
     /// # use std::sync::Arc;
     /// use actix::prelude::*;
-    /// use helix_actors::coordinator::{Allocate, AllocateError, StrategyAllocator};
+    /// use helix_actors::coordinator::{Allocate, AllocateResult, StrategyAllocator};
     /// use helix_actors::node::CoordinatorNode;
     /// use helix_core::ClusterConfig;
-    /// use helix_core::allocation::Allocation;
     ///
-    /// /// Logs every request, then lets the default strategies answer.
+    /// /// Logs every round's queues, then lets the default strategies answer.
     /// struct Logged(Recipient<Allocate>);
     ///
     /// impl Actor for Logged {
@@ -157,13 +156,12 @@ impl CoordinatorNode {
     /// }
     ///
     /// impl Handler<Allocate> for Logged {
-    ///     type Result = ResponseFuture<Result<Allocation, AllocateError>>;
-    ///     fn handle(&mut self, request: Allocate, _: &mut Context<Self>) -> Self::Result {
-    ///         println!("allocating {} partitions", request.0.current.len());
+    ///     type Result = ResponseFuture<AllocateResult>;
+    ///     fn handle(&mut self, msg: Allocate, _: &mut Context<Self>) -> Self::Result {
+    ///         println!("allocating {} queues", msg.requests.len());
     ///         let inner = self.0.clone();
-    ///         Box::pin(async move {
-    ///             inner.send(request).await.unwrap_or_else(|_| Err(AllocateError::UnknownAllocator("gone".into())))
-    ///         })
+    ///         // No answer is a failed round: the coordinator leaves every queue as it is.
+    ///         Box::pin(async move { inner.send(msg).await.unwrap_or_default() })
     ///     }
     /// }
     ///

@@ -52,6 +52,7 @@ pub fn fast_config() -> ClusterConfig {
         coordinator_lease: Duration::from_secs(1),
         coordinator_renew_interval: Duration::from_millis(300),
         safety_margin: Duration::from_millis(200),
+        coordinator_call_timeout: Duration::from_millis(300),
         reconcile_interval: Duration::from_millis(100),
         full_reevaluation_interval: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(1),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use helix_actors::coordinator::{Allocate, AllocateError, takeover_bound};
+use helix_actors::coordinator::{Allocate, AllocateError, AllocateResult, takeover_bound};
 use helix_actors::testing::{SimCluster, SimWorker, noop_handler};
 use helix_actors::worker::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler, RestartPolicy};
 use helix_core::allocation::{Allocation, Assignment};
@@ -388,12 +388,14 @@ impl actix::Actor for Everything {
 }
 
 impl actix::Handler<Allocate> for Everything {
-    type Result = Result<Allocation, AllocateError>;
-    fn handle(&mut self, Allocate(request): Allocate, _: &mut Self::Context) -> Self::Result {
-        let first = request.workers.iter().map(|w| w.id).min();
-        Ok(Allocation {
-            assignment: Assignment::from_owners(request.current.iter().map(|_| first)),
-            unassigned: Vec::new(),
+    type Result = AllocateResult;
+    fn handle(&mut self, msg: Allocate, _: &mut Self::Context) -> Self::Result {
+        msg.each(|request| {
+            let first = request.workers.iter().map(|w| w.id).min();
+            Ok::<_, AllocateError>(Allocation {
+                assignment: Assignment::from_owners(request.current.iter().map(|_| first)),
+                unassigned: Vec::new(),
+            })
         })
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use helix_actors::TokioClock;
-use helix_actors::coordinator::{Allocate, AllocateError, RunRound, StrategyAllocator};
+use helix_actors::coordinator::{Allocate, AllocateError, AllocateResult, RunRound, StrategyAllocator};
 use helix_actors::testing::CutOffStore;
 use helix_core::allocation::{Allocation, Assignment};
 use helix_core::{ClusterConfig, ClusterName, WorkerId};
@@ -109,14 +109,16 @@ impl Actor for Everything {
 }
 
 impl Handler<Allocate> for Everything {
-    type Result = Result<Allocation, AllocateError>;
-    fn handle(&mut self, Allocate(request): Allocate, _: &mut Self::Context) -> Self::Result {
+    type Result = AllocateResult;
+    fn handle(&mut self, msg: Allocate, _: &mut Self::Context) -> Self::Result {
         *self.0.lock().expect("calls") += 1;
-        let first = request.workers.iter().map(|w| w.id).min();
-        let count = request.current.len();
-        Ok(Allocation {
-            assignment: Assignment::from_owners((0..count).map(|_| first)),
-            unassigned: Vec::new(),
+        msg.each(|request| {
+            let first = request.workers.iter().map(|w| w.id).min();
+            let count = request.current.len();
+            Ok::<_, AllocateError>(Allocation {
+                assignment: Assignment::from_owners((0..count).map(|_| first)),
+                unassigned: Vec::new(),
+            })
         })
     }
 }

@@ -1,5 +1,7 @@
 //! Allocation and planning benchmarks: full allocation from scratch and incremental (one
-//! join, one leave) at 10k × 100, 100k × 1k and 1M × 10k, and the planner at 100k × 1k.
+//! join, one leave) at 10k × 100, 100k × 1k and 1M × 10k; one round over many queues after a
+//! join (16 queues × 62 500 partitions over 10 000 workers, 1 000 queues × 64 over 100); and
+//! the planner at 100k × 1k.
 //!
 //! Run with `cargo bench -p helix-core`. Before measuring, the benchmark prints, for every
 //! strategy, how many partitions one join moves at 100k × 1k and the spread of the loads.
@@ -142,5 +144,41 @@ fn bench_planner(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_strategies, bench_planner);
+/// Every queue's target after one round over `workers`: one allocation over all the queues.
+fn multi_round(workers: &[WorkerInfo], current: &[Assignment]) -> Vec<Assignment> {
+    let inputs: Vec<AllocationInput<'_>> = current.iter().map(|a| AllocationInput::new(workers, a)).collect();
+    BalancedSticky::default().allocate_all(&inputs).unwrap().into_iter().map(|a| a.assignment).collect()
+}
+
+fn moves(before: &[Assignment], after: &[Assignment]) -> usize {
+    before.iter().zip(after).map(|(a, b)| a.differences(b)).sum()
+}
+
+/// Many queues over one set of workers: one round after a join (the moves, the spread of the
+/// totals and what a second round moves are printed first).
+fn bench_multi_queue(c: &mut Criterion) {
+    let mut group = configure(c);
+    for (queues, partitions, n) in [(16usize, 62_500u32, 10_000usize), (1_000, 64, 100)] {
+        let all = workers(n + 1);
+        let before = &all[..n];
+        let empty: Vec<Assignment> = (0..queues).map(|_| Assignment::unassigned(partitions)).collect();
+        let base = multi_round(before, &empty);
+        let joined = multi_round(&all, &base);
+        let again = multi_round(&all, &joined);
+        let totals: Vec<u32> = all.iter().map(|w| joined.iter().map(|a| a.load(w.id)).sum()).collect();
+        eprintln!(
+            "{queues} queues x {partitions} over {n} workers, one join: moved {}, total spread {}, second round moved {}",
+            moves(&base, &joined),
+            totals.iter().max().unwrap() - totals.iter().min().unwrap(),
+            moves(&joined, &again),
+        );
+        let size = format!("{queues}qx{}", label(partitions, n));
+        group.bench_function(BenchmarkId::new("balanced-sticky/multi-queue-join", &size), |b| {
+            b.iter(|| black_box(multi_round(&all, black_box(&base))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_strategies, bench_multi_queue, bench_planner);
 criterion_main!(benches);

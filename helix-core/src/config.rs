@@ -40,6 +40,17 @@ pub struct ClusterConfig {
     /// account, to absorb clock-rate differences and the renewal's round trip. Default 500 ms.
     #[serde(with = "humantime_serde")]
     pub safety_margin: Duration,
+    /// How long the leader waits for any one store call or allocator answer of a
+    /// reconciliation round before it gives that call up: a call that times out fails the
+    /// queue it served for this round (the round goes on with the others), or the whole round
+    /// when it served every queue (the failure sweep, the list of queues, the allocator). At
+    /// most half of `coordinator_lease - safety_margin`. Default 1 s.
+    ///
+    /// A leader whose rounds make no progress for `coordinator_lease - safety_margin` (each
+    /// one failed as a whole or took that long) steps down and releases the lease, and waits
+    /// one `coordinator_lease` before it bids again, so that a standby takes over.
+    #[serde(with = "humantime_serde")]
+    pub coordinator_call_timeout: Duration,
     /// How often the leader reconciles membership and assignments. Default 500 ms.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -77,6 +88,7 @@ impl Default for ClusterConfig {
             coordinator_lease: Duration::from_secs(3),
             coordinator_renew_interval: Duration::from_secs(1),
             safety_margin: Duration::from_millis(500),
+            coordinator_call_timeout: Duration::from_secs(1),
             reconcile_interval: Duration::from_millis(500),
             full_reevaluation_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
@@ -136,6 +148,7 @@ impl ClusterConfig {
             ("coordinator_lease", self.coordinator_lease),
             ("coordinator_renew_interval", self.coordinator_renew_interval),
             ("safety_margin", self.safety_margin),
+            ("coordinator_call_timeout", self.coordinator_call_timeout),
             ("reconcile_interval", self.reconcile_interval),
             ("full_reevaluation_interval", self.full_reevaluation_interval),
             ("drain_timeout", self.drain_timeout),
@@ -186,6 +199,12 @@ impl ClusterConfig {
             self.coordinator_lease - self.coordinator_renew_interval,
         )?;
         less_than("drain_timeout", self.drain_timeout, "revoke_timeout", self.revoke_timeout)?;
+        at_most_half(
+            "coordinator_call_timeout",
+            self.coordinator_call_timeout,
+            "coordinator_lease - safety_margin",
+            self.coordinator_lease.saturating_sub(self.safety_margin),
+        )?;
         Ok(())
     }
 }
@@ -223,6 +242,14 @@ mod tests {
         assert!(matches!(config.validate(), Err(ConfigError::Relation { field: "safety_margin", .. })));
         let config = ClusterConfig { drain_timeout: Duration::from_secs(40), ..Default::default() };
         assert!(matches!(config.validate(), Err(ConfigError::Relation { field: "drain_timeout", .. })));
+    }
+
+    #[test]
+    fn rejects_a_call_timeout_that_does_not_fit_twice_in_the_lease() {
+        let config =
+            ClusterConfig { coordinator_call_timeout: Duration::from_millis(1_300), ..Default::default() };
+        let err = config.validate().expect_err("1.3 s against 3 s - 0.5 s");
+        assert!(matches!(err, ConfigError::Relation { field: "coordinator_call_timeout", .. }), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use helix_actors::client::Client;
-use helix_actors::coordinator::{Allocate, AllocateError};
+use helix_actors::coordinator::{Allocate, AllocateError, AllocateResult, AllocationRequest};
 use helix_actors::node::{CoordinatorNode, Worker};
 use helix_core::allocation::{Allocation, Assignment, Unassigned, UnassignedReason};
 use helix_core::{ClusterConfig, PartitionId, WorkerId, WorkerState};
@@ -36,37 +36,44 @@ impl Actor for ZoneAware {
 }
 
 impl Handler<Allocate> for ZoneAware {
-    type Result = Result<Allocation, AllocateError>;
+    type Result = AllocateResult;
 
-    fn handle(&mut self, Allocate(request): Allocate, _: &mut Self::Context) -> Self::Result {
-        // zone → its active workers, sorted by id.
-        let mut zones: BTreeMap<&str, Vec<WorkerId>> = BTreeMap::new();
-        for worker in request.workers.iter().filter(|w| w.state == WorkerState::Active) {
-            let zone = worker.labels.get(ZONE).map_or("default", String::as_str);
-            zones.entry(zone).or_default().push(worker.id);
-        }
-        for workers in zones.values_mut() {
-            workers.sort_unstable();
-        }
-        let zones: Vec<Vec<WorkerId>> = zones.into_values().collect();
-        let partitions = request.current.len();
-        let partitions_u32 = request.queue.partition_count.get();
-        if zones.is_empty() {
-            let unassigned = (0..partitions)
-                .map(|p| Unassigned {
-                    partition: PartitionId(u32::try_from(p).unwrap_or(u32::MAX)),
-                    reason: UnassignedReason::NoEligibleWorker,
-                })
-                .collect();
-            return Ok(Allocation { assignment: Assignment::unassigned(partitions_u32), unassigned });
-        }
-        let owners = (0..partitions).map(|p| {
-            let zone = &zones[p % zones.len()];
-            // The zone's partitions are p, p + zones, p + 2·zones, …: take turns within it.
-            Some(zone[(p / zones.len()) % zone.len()])
-        });
-        Ok(Allocation { assignment: Assignment::from_owners(owners), unassigned: Vec::new() })
+    /// The coordinator asks for every queue of the cluster at once; this allocator decides
+    /// each queue on its own.
+    fn handle(&mut self, msg: Allocate, _: &mut Self::Context) -> AllocateResult {
+        msg.each(zone_aware)
     }
+}
+
+/// The target of one queue.
+fn zone_aware(request: &AllocationRequest) -> Result<Allocation, AllocateError> {
+    // zone → its active workers, sorted by id.
+    let mut zones: BTreeMap<&str, Vec<WorkerId>> = BTreeMap::new();
+    for worker in request.workers.iter().filter(|w| w.state == WorkerState::Active) {
+        let zone = worker.labels.get(ZONE).map_or("default", String::as_str);
+        zones.entry(zone).or_default().push(worker.id);
+    }
+    for workers in zones.values_mut() {
+        workers.sort_unstable();
+    }
+    let zones: Vec<Vec<WorkerId>> = zones.into_values().collect();
+    let partitions = request.current.len();
+    let partitions_u32 = request.queue.partition_count.get();
+    if zones.is_empty() {
+        let unassigned = (0..partitions)
+            .map(|p| Unassigned {
+                partition: PartitionId(u32::try_from(p).unwrap_or(u32::MAX)),
+                reason: UnassignedReason::NoEligibleWorker,
+            })
+            .collect();
+        return Ok(Allocation { assignment: Assignment::unassigned(partitions_u32), unassigned });
+    }
+    let owners = (0..partitions).map(|p| {
+        let zone = &zones[p % zones.len()];
+        // The zone's partitions are p, p + zones, p + 2·zones, …: take turns within it.
+        Some(zone[(p / zones.len()) % zone.len()])
+    });
+    Ok(Allocation { assignment: Assignment::from_owners(owners), unassigned: Vec::new() })
 }
 
 #[actix::main]

@@ -1,21 +1,26 @@
 //! The Coordinator actor: while this process leads, reconciles every queue on each tick.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use helix_core::allocation::{Allocation, Assignment};
 use helix_core::failure::FlapPolicy;
 use helix_core::planner::Cooldowns;
 use helix_core::{ClusterConfig, QueueId, SessionEpoch, WorkerId};
 use helix_store::{
-    AssignmentState, CoordinatorFence, QueueRecord, Store, StoreError, Subscription, WorkerStatus,
+    AssignmentRecord, AssignmentState, CoordinatorFence, PlanOutcome, QueueAssignments, QueueRecord, Store,
+    StoreError, Subscription, WorkerRecord, WorkerStatus,
 };
 use tokio::time::Instant;
 
 use super::allocator::Allocate;
 use super::detector::{FailureDetector, Sweep, WorkersExpired};
 use super::election::{LeadershipChanged, StepDown};
-use super::reconcile::{ReconcileInput, allocation_request, plan_towards};
+use super::reconcile::{ReconcileInput, check_rows, plan_towards, request_for};
 
 /// What one reconciliation round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,11 +50,11 @@ struct Memory {
     /// Live membership as last seen: who, which session, which status, which queues.
     membership: Vec<(WorkerId, SessionEpoch, WorkerStatus, Vec<Subscription>)>,
     held_back: BTreeSet<WorkerId>,
-    /// Each queue's assignment version when last read, and the load of its target per worker
-    /// (its current owners' counts when it could not be allocated). An unchanged version means
-    /// unchanged rows and an unchanged target.
+    /// Each queue's assignment version when last read, and its owners then. An unchanged
+    /// version means unchanged rows, so a queue that is not read again is allocated from
+    /// these owners.
     versions: BTreeMap<QueueId, u64>,
-    loads: BTreeMap<QueueId, BTreeMap<WorkerId, u64>>,
+    current: BTreeMap<QueueId, Assignment>,
     /// Queues with a revocation under way: re-evaluated every round until it settles.
     revoking: BTreeSet<QueueId>,
     /// Queues with partitions held for a worker's return (`rejoin_delay`): re-evaluated every
@@ -61,11 +66,20 @@ struct Memory {
 ///
 /// On every `reconcile_interval` tick it: asks its [`FailureDetector`] to declare dead the
 /// workers whose lease ran out on the store's clock (holding back those that flap, per
-/// [`FlapPolicy`]); re-reads the queues whose
-/// assignment version moved, all of them when the live membership changed, those with a
-/// revocation under way, and every queue each `full_reevaluation_interval`; asks its allocator
-/// for each such queue's target; and applies the planned changes fenced by its term. A write
-/// that comes back fenced stops it at once and tells the election to step down.
+/// [`FlapPolicy`]); re-reads the queues whose assignment version moved, all of them when the
+/// live membership changed, those with a revocation under way, and every queue each
+/// `full_reevaluation_interval`; asks its allocator once for the targets of every queue of the
+/// cluster (the queues not re-read with the owners last read, which their unchanged version
+/// vouches for); and applies the planned changes of each queue fenced by its term (a queue
+/// that was not re-read is read first, if its target moves anything).
+///
+/// Bounds (`docs/protocol.md`): every store call and the allocator's answer are given up after
+/// `coordinator_call_timeout`; a call that served one queue fails that queue for the round
+/// and the round goes on with the others. A round that fails as a whole (the failure sweep,
+/// the list of queues or the allocator failed or timed out) makes no progress; when no round
+/// made progress for `coordinator_lease - safety_margin`, or one round runs that long, the
+/// coordinator stops acting and tells the election to step down, which releases the lease so
+/// a standby takes over. A write that comes back fenced stops it at once likewise.
 pub struct Coordinator {
     store: Arc<dyn Store>,
     config: ClusterConfig,
@@ -78,6 +92,8 @@ pub struct Coordinator {
     /// `None` while a round runs: the round owns it.
     memory: Option<Memory>,
     last_full: Option<Instant>,
+    /// When the current term began or its last round made progress.
+    last_progress: Instant,
 }
 
 impl Coordinator {
@@ -96,10 +112,12 @@ impl Coordinator {
             fence: None,
             memory: Some(Memory::default()),
             last_full: None,
+            last_progress: Instant::now(),
         }
     }
 
-    /// Tells `election` to step down when a write comes back fenced.
+    /// Tells `election` to step down when a write comes back fenced or no round makes
+    /// progress for a lease.
     #[must_use]
     pub fn with_election(mut self, election: Recipient<StepDown>) -> Self {
         self.election = Some(election);
@@ -120,6 +138,34 @@ impl Coordinator {
     pub fn with_failure_detector(mut self, detector: Recipient<Sweep>) -> Self {
         self.detector = Some(detector);
         self
+    }
+
+    /// How long the coordinator may go without progress: `coordinator_lease - safety_margin`.
+    fn progress_limit(&self) -> Duration {
+        self.config.coordinator_lease.saturating_sub(self.config.safety_margin)
+    }
+
+    /// Notes progress now and checks again once the limit has passed.
+    fn progressed(&mut self, ctx: &mut Context<Self>) {
+        self.last_progress = Instant::now();
+        let Some(fence) = self.fence.clone() else { return };
+        ctx.run_later(self.progress_limit(), move |act, _| {
+            let stuck = act.last_progress.elapsed() >= act.progress_limit();
+            if stuck && act.fence.as_ref() == Some(&fence) {
+                tracing::warn!(term = fence.term.0, "no reconciliation progress for a lease, stepping down");
+                act.step_down(&fence);
+            }
+        });
+    }
+
+    /// Stops acting under `fence` and tells the election to step down.
+    fn step_down(&mut self, fence: &CoordinatorFence) {
+        if self.fence.as_ref() == Some(fence) {
+            self.fence = None;
+        }
+        if let Some(election) = &self.election {
+            election.do_send(StepDown { term: fence.term });
+        }
     }
 
     /// Starts a round if leading and none is under way; the future answers its report.
@@ -143,23 +189,29 @@ impl Coordinator {
             fence.clone(),
             memory,
             full,
+            self.progress_limit(),
         );
-        Some(round.into_actor(self).map(move |(memory, result), act, _| {
+        Some(round.into_actor(self).map(move |(memory, result), act, ctx| {
             act.memory = Some(memory);
             match result {
-                Ok(report) => Some(report),
-                Err(err) => {
-                    if err.is_fenced() {
-                        tracing::warn!(term = fence.term.0, error = %err, "coordinator write fenced, stepping down");
-                        if act.fence.as_ref() == Some(&fence) {
-                            act.fence = None;
-                        }
-                        if let Some(election) = &act.election {
-                            election.do_send(StepDown { term: fence.term });
-                        }
-                    } else {
-                        tracing::warn!(error = %err, "reconciliation round failed");
+                Ok((report, progress)) => {
+                    if progress && act.fence.as_ref() == Some(&fence) {
+                        act.progressed(ctx);
                     }
+                    Some(report)
+                }
+                Err(RoundError::Store(err)) if err.is_fenced() => {
+                    tracing::warn!(term = fence.term.0, error = %err, "coordinator write fenced, stepping down");
+                    act.step_down(&fence);
+                    None
+                }
+                Err(RoundError::Deadline(limit)) => {
+                    tracing::warn!(term = fence.term.0, ?limit, "reconciliation round outlived the lease, stepping down");
+                    act.step_down(&fence);
+                    None
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reconciliation round failed");
                     None
                 }
             }
@@ -186,7 +238,7 @@ impl Actor for Coordinator {
 impl Handler<LeadershipChanged> for Coordinator {
     type Result = ();
 
-    fn handle(&mut self, msg: LeadershipChanged, _: &mut Self::Context) {
+    fn handle(&mut self, msg: LeadershipChanged, ctx: &mut Self::Context) {
         match msg {
             LeadershipChanged::BecameLeader { fence } => {
                 tracing::info!(term = fence.term.0, "coordinating");
@@ -195,7 +247,9 @@ impl Handler<LeadershipChanged> for Coordinator {
                 self.last_full = None;
                 if let Some(memory) = self.memory.as_mut() {
                     memory.versions.clear();
+                    memory.current.clear();
                 }
+                self.progressed(ctx);
             }
             LeadershipChanged::LostLeadership { term } => {
                 if self.fence.as_ref().is_some_and(|f| f.term == term) {
@@ -218,8 +272,31 @@ impl Handler<RunRound> for Coordinator {
     }
 }
 
-/// One round, off the actor: reads, decides, writes. Returns the memory with the result so the
-/// actor gets it back even when the round fails.
+/// Why a round failed as a whole.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    /// A store call that every queue depends on failed or timed out.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The round ran for this long.
+    #[error("the round ran for {0:?}")]
+    Deadline(Duration),
+}
+
+/// `call`, given up after `limit` as [`StoreError::Unavailable`].
+async fn timed<T>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("{what} took longer than {limit:?}"))))
+}
+
+/// One round, off the actor: reads, decides, writes, within `limit`. Returns the memory with
+/// the result so the actor gets it back even when the round fails.
+#[allow(clippy::too_many_arguments)]
 async fn run_round(
     store: Arc<dyn Store>,
     config: ClusterConfig,
@@ -228,11 +305,31 @@ async fn run_round(
     fence: CoordinatorFence,
     mut memory: Memory,
     full: bool,
-) -> (Memory, Result<RoundReport, StoreError>) {
-    let result = round(&*store, &config, &detector, &allocator, &fence, &mut memory, full).await;
+    limit: Duration,
+) -> (Memory, Result<(RoundReport, bool), RoundError>) {
+    let round = round(&*store, &config, &detector, &allocator, &fence, &mut memory, full);
+    let result = tokio::time::timeout(limit, round).await.unwrap_or(Err(RoundError::Deadline(limit)));
     (memory, result)
 }
 
+/// The owner every partition is committed to: the target of a revocation under way when that
+/// target is live, the owner otherwise. Allocating from these rather than from the owners of
+/// the moment keeps targets steady while handoffs are in flight (an allocation is a fixed
+/// point of itself), instead of recomputing them from half-moved states.
+fn committed_owners(rows: &[AssignmentRecord], live: &BTreeSet<WorkerId>) -> Assignment {
+    Assignment::from_owners(rows.iter().map(|row| match (row.state, row.target) {
+        (AssignmentState::Revoking, Some(target)) if live.contains(&target) => Some(target),
+        _ => row.owner,
+    }))
+}
+
+/// The counts of an assignment per worker.
+fn loads_of(assignment: &Assignment) -> impl Iterator<Item = (WorkerId, u64)> + '_ {
+    assignment.worker_table().iter().copied().zip(assignment.counts().iter().map(|&c| u64::from(c)))
+}
+
+/// A round; answers its report and whether it made progress: the allocator answered, and
+/// the store did not fail every queue the round tried.
 async fn round(
     store: &dyn Store,
     config: &ClusterConfig,
@@ -241,14 +338,19 @@ async fn round(
     fence: &CoordinatorFence,
     memory: &mut Memory,
     full: bool,
-) -> Result<RoundReport, StoreError> {
+) -> Result<(RoundReport, bool), RoundError> {
+    let call = config.coordinator_call_timeout;
     let mut report = RoundReport::default();
 
     // Failure detection, on the store's clock.
-    let WorkersExpired { declared_dead, live, held_back, now } = detector
-        .send(Sweep { fence: fence.clone() })
-        .await
-        .map_err(|err| StoreError::Unavailable(format!("the failure detector stopped: {err}")))??;
+    let sweep = async {
+        detector
+            .send(Sweep { fence: fence.clone() })
+            .await
+            .map_err(|err| StoreError::Unavailable(format!("the failure detector stopped: {err}")))?
+    };
+    let WorkersExpired { declared_dead, live, held_back, now } =
+        timed(call, "the failure sweep", sweep).await?;
     report.declared_dead = declared_dead;
 
     let membership: Vec<_> =
@@ -257,107 +359,237 @@ async fn round(
     memory.membership = membership;
     memory.held_back = held_back;
 
-    let queues: Vec<QueueRecord> = store.list_queues(None).await?;
+    let queues: Vec<QueueRecord> = timed(call, "listing the queues", store.list_queues(None)).await?;
     let known: BTreeSet<QueueId> = queues.iter().map(|q| q.id).collect();
     memory.versions.retain(|q, _| known.contains(q));
-    memory.loads.retain(|q, _| known.contains(q));
+    memory.current.retain(|q, _| known.contains(q));
     memory.cooldowns.retain(|q, _| known.contains(q));
     memory.revoking.retain(|q| known.contains(q));
     memory.holding.retain(|q| known.contains(q));
     let live_ids: BTreeSet<WorkerId> = live.iter().map(|w| w.id).collect();
-    let mut rejoin = Rejoin::new(config.rejoin_delay, now);
+    let mut rejoin = Rejoin::new(config.rejoin_delay, now, call);
 
+    // Read the queues that changed (or all of them), one call each.
+    let mut read: BTreeMap<QueueId, QueueAssignments> = BTreeMap::new();
+    // Queues that failed for want of the store, and queues planned (and applied) in full.
+    let (mut stuck, mut succeeded) = (0usize, 0usize);
     for queue in &queues {
         let changed = memory.versions.get(&queue.id) != Some(&queue.assignment_version);
         let watched = memory.revoking.contains(&queue.id) || memory.holding.contains(&queue.id);
-        if !(full || membership_changed || changed || watched) {
+        let unknown = !memory.current.contains_key(&queue.id);
+        if !(full || membership_changed || changed || watched || unknown) {
             continue;
         }
         report.reconciled.push(queue.id);
-        let read = store.assignments(queue.id).await?;
-        let mut loads: BTreeMap<WorkerId, u64> = BTreeMap::new();
-        for owner in read.rows.iter().filter_map(|r| r.owner) {
-            *loads.entry(owner).or_default() += 1;
-        }
-        memory.versions.insert(queue.id, read.assignment_version);
-        memory.loads.insert(queue.id, loads);
-        let mut other_load: BTreeMap<WorkerId, u64> = BTreeMap::new();
-        for (_, counts) in memory.loads.iter().filter(|(q, _)| **q != queue.id) {
-            for (worker, count) in counts {
-                *other_load.entry(*worker).or_default() += count;
-            }
-        }
-        let cooldowns = memory.cooldowns.entry(queue.id).or_default();
-        cooldowns.prune(now);
-        let input = ReconcileInput {
-            queue,
-            rows: &read.rows,
-            live_workers: &live,
-            held_back: &memory.held_back,
-            other_load: &other_load,
-            cooldowns,
-            now,
-            revoke_timeout: config.revoke_timeout,
-        };
-        let request = match allocation_request(&input) {
-            Ok(request) => request,
-            Err(err) => {
-                report.failed.push((queue.id, err.to_string()));
-                continue;
-            }
-        };
-        let allocation = match allocator.send(Allocate(request)).await {
-            Ok(Ok(allocation)) => allocation,
-            Ok(Err(err)) => {
-                report.failed.push((queue.id, err.to_string()));
-                continue;
+        match timed(call, "reading a queue's assignments", store.assignments(queue.id)).await {
+            Ok(rows) => {
+                memory.versions.insert(queue.id, rows.assignment_version);
+                memory.current.insert(queue.id, committed_owners(&rows.rows, &live_ids));
+                read.insert(queue.id, rows);
             }
             Err(err) => {
-                report.failed.push((queue.id, format!("allocator unavailable: {err}")));
-                continue;
+                memory.versions.remove(&queue.id);
+                report.failed.push((queue.id, err.to_string()));
+                stuck += 1;
             }
-        };
-        // Other queues balance against this queue's target, not its current owners: while
-        // handoffs are in flight the current owners lag behind, and balancing against them
-        // makes queues undo each other's choices round after round.
-        let mut target_loads: BTreeMap<WorkerId, u64> = BTreeMap::new();
-        for owner in allocation.assignment.iter().filter_map(|(_, owner)| owner) {
-            *target_loads.entry(owner).or_default() += 1;
         }
-        let mut plan = plan_towards(&input, &allocation.assignment);
-        let held = rejoin.hold(store, &read.rows, &live_ids, &mut plan).await?;
-        if held > 0 {
-            tracing::debug!(queue = %queue.id, held, "partitions held for their owner's return");
-            memory.holding.insert(queue.id);
-        } else {
-            memory.holding.remove(&queue.id);
-        }
-        let revoking_after = read.rows.iter().any(|r| r.state == AssignmentState::Revoking)
-            || plan.changes.iter().any(|c| matches!(c, helix_core::planner::PlanChange::Revoke { .. }));
-        if revoking_after {
-            memory.revoking.insert(queue.id);
-        } else {
-            memory.revoking.remove(&queue.id);
-        }
-        memory.loads.insert(queue.id, target_loads);
-        if plan.is_empty() {
-            continue;
-        }
-        let outcome = store.apply_plan(fence, queue.id, &plan.changes).await?;
-        tracing::debug!(
-            queue = %queue.id,
-            applied = outcome.applied,
-            skipped = outcome.skipped.len(),
-            version = outcome.assignment_version,
-            "plan applied"
-        );
-        cooldowns.record_timeouts(&plan, now, config.revoke_cooldown);
-        report.applied.insert(queue.id, outcome.applied);
-        report.skipped += outcome.skipped.len();
-        // The rows changed: read them again next round for exact loads.
-        memory.versions.remove(&queue.id);
     }
-    Ok(report)
+    if read.is_empty() && stuck == 0 {
+        return Ok((report, true));
+    }
+
+    // One request for every queue of the cluster, so the allocator can balance them together.
+    let mut total: BTreeMap<WorkerId, u64> = BTreeMap::new();
+    for current in memory.current.values() {
+        for (worker, count) in loads_of(current) {
+            *total.entry(worker).or_default() += count;
+        }
+    }
+    let mut requests = Vec::new();
+    let mut asked: Vec<&QueueRecord> = Vec::new();
+    for queue in &queues {
+        let Some(current) = memory.current.get(&queue.id) else { continue };
+        let mut other_load = total.clone();
+        for (worker, count) in loads_of(current) {
+            if let Some(load) = other_load.get_mut(&worker) {
+                *load -= count;
+            }
+        }
+        match request_for(queue, current.clone(), &live, &memory.held_back, other_load) {
+            Ok(request) => {
+                requests.push(request);
+                asked.push(queue);
+            }
+            Err(err) => {
+                if read.remove(&queue.id).is_some() {
+                    report.failed.push((queue.id, err.to_string()));
+                }
+            }
+        }
+    }
+    let expected = requests.len();
+    let answers = match tokio::time::timeout(call, allocator.send(Allocate { requests })).await {
+        Ok(Ok(answers)) if answers.len() == expected => answers,
+        outcome => {
+            let reason = match outcome {
+                Ok(Ok(answers)) => format!("the allocator answered {} of {expected} queues", answers.len()),
+                Ok(Err(err)) => format!("allocator unavailable: {err}"),
+                Err(_) => format!("the allocator did not answer within {call:?}"),
+            };
+            tracing::warn!(reason = %reason, "no allocation this round");
+            for queue in read.keys() {
+                // Read again next round: what was read still awaits a decision.
+                memory.versions.remove(queue);
+                report.failed.push((*queue, reason.clone()));
+            }
+            return Ok((report, false));
+        }
+    };
+
+    for (queue, answer) in asked.into_iter().zip(answers) {
+        let allocation = match answer {
+            Ok(allocation) => allocation,
+            Err(err) => {
+                if read.remove(&queue.id).is_some() {
+                    memory.versions.remove(&queue.id);
+                    report.failed.push((queue.id, err.to_string()));
+                }
+                continue;
+            }
+        };
+        let rows = match read.remove(&queue.id) {
+            Some(rows) => rows,
+            None => {
+                // Not read this round: its target moves something only if it differs from the
+                // owners last read; then read its rows to plan (a version that moved in the
+                // meantime is read again next round).
+                if memory.current.get(&queue.id) == Some(&allocation.assignment) {
+                    succeeded += 1;
+                    continue;
+                }
+                report.reconciled.push(queue.id);
+                match timed(call, "reading a queue's assignments", store.assignments(queue.id)).await {
+                    Ok(rows) => {
+                        if memory.versions.get(&queue.id) != Some(&rows.assignment_version) {
+                            memory.versions.remove(&queue.id);
+                        }
+                        rows
+                    }
+                    Err(err) => {
+                        report.failed.push((queue.id, err.to_string()));
+                        stuck += 1;
+                        continue;
+                    }
+                }
+            }
+        };
+        match apply_queue(
+            store,
+            config,
+            fence,
+            memory,
+            &mut rejoin,
+            &live,
+            &live_ids,
+            now,
+            queue,
+            &rows,
+            &allocation,
+        )
+        .await
+        {
+            Ok(Some(outcome)) => {
+                report.applied.insert(queue.id, outcome.applied);
+                report.skipped += outcome.skipped.len();
+                succeeded += 1;
+            }
+            Ok(None) => succeeded += 1,
+            Err(err) if err.is_fenced() => return Err(err.into()),
+            Err(err) => {
+                memory.versions.remove(&queue.id);
+                if !matches!(err, StoreError::Invalid(_)) {
+                    stuck += 1;
+                }
+                report.failed.push((queue.id, err.to_string()));
+            }
+        }
+    }
+    // A round makes progress unless the store failed it for every queue it tried; a queue
+    // whose input is invalid does not count against it.
+    Ok((report, stuck == 0 || succeeded > 0))
+}
+
+/// Plans one queue's changes towards `allocation` and applies them; the outcome when a plan
+/// was applied.
+#[allow(clippy::too_many_arguments)]
+async fn apply_queue(
+    store: &dyn Store,
+    config: &ClusterConfig,
+    fence: &CoordinatorFence,
+    memory: &mut Memory,
+    rejoin: &mut Rejoin,
+    live: &[WorkerRecord],
+    live_ids: &BTreeSet<WorkerId>,
+    now: DateTime<Utc>,
+    queue: &QueueRecord,
+    rows: &QueueAssignments,
+    allocation: &Allocation,
+) -> Result<Option<PlanOutcome>, StoreError> {
+    let invalid = |reason: String| StoreError::Invalid(reason);
+    check_rows(queue, &rows.rows).map_err(|err| invalid(err.to_string()))?;
+    if allocation.assignment.len() != rows.rows.len() {
+        return Err(invalid(format!(
+            "the allocator answered {} partitions for {}",
+            allocation.assignment.len(),
+            rows.rows.len()
+        )));
+    }
+    let no_load = BTreeMap::new();
+    let cooldowns = memory.cooldowns.entry(queue.id).or_default();
+    cooldowns.prune(now);
+    let input = ReconcileInput {
+        queue,
+        rows: &rows.rows,
+        live_workers: live,
+        held_back: &memory.held_back,
+        other_load: &no_load,
+        cooldowns,
+        now,
+        revoke_timeout: config.revoke_timeout,
+    };
+    let mut plan = plan_towards(&input, &allocation.assignment);
+    let held = rejoin.hold(store, &rows.rows, live_ids, &mut plan).await?;
+    if held > 0 {
+        tracing::debug!(queue = %queue.id, held, "partitions held for their owner's return");
+        memory.holding.insert(queue.id);
+    } else {
+        memory.holding.remove(&queue.id);
+    }
+    let revoking_after = rows.rows.iter().any(|r| r.state == AssignmentState::Revoking)
+        || plan.changes.iter().any(|c| matches!(c, helix_core::planner::PlanChange::Revoke { .. }));
+    if revoking_after {
+        memory.revoking.insert(queue.id);
+    } else {
+        memory.revoking.remove(&queue.id);
+    }
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let call = config.coordinator_call_timeout;
+    let outcome = timed(call, "applying a plan", store.apply_plan(fence, queue.id, &plan.changes)).await?;
+    tracing::debug!(
+        queue = %queue.id,
+        applied = outcome.applied,
+        skipped = outcome.skipped.len(),
+        version = outcome.assignment_version,
+        "plan applied"
+    );
+    if let Some(cooldowns) = memory.cooldowns.get_mut(&queue.id) {
+        cooldowns.record_timeouts(&plan, now, config.revoke_cooldown);
+    }
+    // The rows changed: read them again next round.
+    memory.versions.remove(&queue.id);
+    Ok(Some(outcome))
 }
 
 /// The partitions of workers that left or died less than `rejoin_delay` ago wait for them:
@@ -367,12 +599,14 @@ struct Rejoin {
     now: chrono::DateTime<chrono::Utc>,
     /// Whether each owner seen gone this round is still within its delay.
     reserved: BTreeMap<WorkerId, bool>,
+    /// How long one store call may take.
+    call: Duration,
 }
 
 impl Rejoin {
-    fn new(delay: std::time::Duration, now: chrono::DateTime<chrono::Utc>) -> Self {
+    fn new(delay: Duration, now: DateTime<Utc>, call: Duration) -> Self {
         let delay = chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX);
-        Self { delay, now, reserved: BTreeMap::new() }
+        Self { delay, now, reserved: BTreeMap::new(), call }
     }
 
     /// Drops from `plan` the changes to rows owned by a reserved worker; returns how many rows
@@ -391,7 +625,7 @@ impl Rejoin {
         for row in rows {
             let Some(owner) = row.owner.filter(|o| !live.contains(o)) else { continue };
             if !self.reserved.contains_key(&owner) {
-                let reserved = match store.get_worker(owner).await {
+                let reserved = match timed(self.call, "reading a worker", store.get_worker(owner)).await {
                     // The lease ended when it left, or ran out when it died.
                     Ok(record) => record
                         .lease_expires_at

@@ -26,7 +26,10 @@ pub enum LeadershipChanged {
     },
 }
 
-/// Tells the election that a write under `term` came back fenced: leadership is lost.
+/// Tells the election that leadership under `term` is lost or must be given up: a write came
+/// back fenced, or the coordinator made no progress for a lease. The election stops leading,
+/// releases the lease (a no-op if it is no longer its own) and does not bid for it again for
+/// one `coordinator_lease`, so that a standby takes over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct StepDown {
@@ -69,6 +72,8 @@ pub struct LeaderElection {
     subscriber: Recipient<LeadershipChanged>,
     leading: Option<Leading>,
     in_flight: bool,
+    /// After a [`StepDown`]: no bid for the lease before this instant.
+    hold_off_until: Option<Instant>,
 }
 
 struct Leading {
@@ -86,7 +91,7 @@ impl LeaderElection {
         config: ClusterConfig,
         subscriber: Recipient<LeadershipChanged>,
     ) -> Self {
-        Self { store, cluster, me, config, subscriber, leading: None, in_flight: false }
+        Self { store, cluster, me, config, subscriber, leading: None, in_flight: false, hold_off_until: None }
     }
 
     /// How long one acquisition or renewal may take: an answer is worth nothing later, since
@@ -98,7 +103,9 @@ impl LeaderElection {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight {
+        let held_off =
+            self.leading.is_none() && self.hold_off_until.is_some_and(|until| Instant::now() < until);
+        if self.in_flight || held_off {
             return;
         }
         self.in_flight = true;
@@ -217,9 +224,19 @@ impl Handler<StepDown> for LeaderElection {
     type Result = ();
 
     fn handle(&mut self, msg: StepDown, _: &mut Self::Context) {
-        if self.leading.as_ref().is_some_and(|l| l.fence.term == msg.term) {
-            self.step_down();
-        }
+        let Some(fence) = self.leading.as_ref().filter(|l| l.fence.term == msg.term).map(|l| l.fence.clone())
+        else {
+            return;
+        };
+        self.step_down();
+        self.hold_off_until = Some(Instant::now() + self.config.coordinator_lease);
+        let store = Arc::clone(&self.store);
+        // Best effort: a lease that is not released runs out on its own.
+        actix::spawn(async move {
+            if let Err(err) = store.release_lease(&fence).await {
+                tracing::warn!(error = %err, "could not release the coordinator lease");
+            }
+        });
     }
 }
 

@@ -18,10 +18,10 @@ mod election;
 mod reconcile;
 
 pub use actor::{Coordinator, RoundReport, RunRound};
-pub use allocator::{Allocate, AllocateError, StrategyAllocator};
+pub use allocator::{Allocate, AllocateError, AllocateResult, StrategyAllocator};
 pub use detector::{FailureDetector, Sweep, WorkersExpired};
 pub use election::{CurrentFence, LeaderElection, LeadershipChanged, Resign, StepDown, takeover_bound};
 pub use reconcile::{
     AllocationRequest, CONSTRAINTS_KEY, ReconcileError, ReconcileInput, Reconciled, allocation_request,
-    plan_towards, queue_constraints, reconcile,
+    plan_towards, queue_constraints, reconcile, request_for,
 };

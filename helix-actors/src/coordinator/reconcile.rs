@@ -130,6 +130,26 @@ impl AllocationRequest {
         AllocationInput::new(&self.workers, &self.current)
             .with_constraints(&self.constraints)
             .with_other_load(&self.other_load)
+            .with_queue(self.queue.id.0)
+    }
+}
+
+/// Checks that `rows` hold every partition of `queue` once, in order.
+///
+/// # Errors
+/// [`ReconcileError::InconsistentRows`] when they do not.
+pub(crate) fn check_rows(queue: &QueueRecord, rows: &[AssignmentRecord]) -> Result<(), ReconcileError> {
+    let partitions = queue.partition_count.get();
+    let in_order = rows.len() == partitions as usize
+        && rows.iter().enumerate().all(|(i, row)| row.partition.0 as usize == i);
+    if in_order {
+        Ok(())
+    } else {
+        Err(ReconcileError::InconsistentRows {
+            queue: format!("{}/{}", queue.domain, queue.name),
+            rows: rows.len(),
+            partitions,
+        })
     }
 }
 
@@ -139,36 +159,36 @@ impl AllocationRequest {
 /// [`ReconcileError`] for invalid constraints or rows that do not match the queue.
 pub fn allocation_request(input: &ReconcileInput<'_>) -> Result<AllocationRequest, ReconcileError> {
     let queue = input.queue;
-    let partitions = queue.partition_count.get();
-    let in_order = input.rows.len() == partitions as usize
-        && input.rows.iter().enumerate().all(|(i, row)| row.partition.0 as usize == i);
-    if !in_order {
-        return Err(ReconcileError::InconsistentRows {
-            queue: format!("{}/{}", queue.domain, queue.name),
-            rows: input.rows.len(),
-            partitions,
-        });
-    }
+    check_rows(queue, input.rows)?;
+    let current = Assignment::from_owners(input.rows.iter().map(|row| row.owner));
+    request_for(queue, current, input.live_workers, input.held_back, input.other_load.clone())
+}
+
+/// Builds the allocation request of one queue from its current owners (as last read) and the
+/// live workers.
+///
+/// # Errors
+/// [`ReconcileError::BadConstraints`] for invalid constraints.
+pub fn request_for(
+    queue: &QueueRecord,
+    current: Assignment,
+    live_workers: &[WorkerRecord],
+    held_back: &BTreeSet<WorkerId>,
+    other_load: BTreeMap<WorkerId, u64>,
+) -> Result<AllocationRequest, ReconcileError> {
     let constraints = queue_constraints(queue)?;
-    let workers: Vec<WorkerInfo> = input
-        .live_workers
+    let workers: Vec<WorkerInfo> = live_workers
         .iter()
         .filter_map(|worker| {
             let subscription = worker.subscriptions.iter().find(|s| s.queue_id == queue.id)?;
             let capacity = NonZeroU32::new(subscription.capacity).unwrap_or(NonZeroU32::MIN);
             let mut info = WorkerInfo::new(worker.id).with_capacity(capacity);
             info.labels = worker.labels.clone();
-            let draining = worker.status == WorkerStatus::Draining || input.held_back.contains(&worker.id);
+            let draining = worker.status == WorkerStatus::Draining || held_back.contains(&worker.id);
             Some(if draining { info.draining() } else { info })
         })
         .collect();
-    Ok(AllocationRequest {
-        queue: queue.clone(),
-        workers,
-        current: Assignment::from_owners(input.rows.iter().map(|row| row.owner)),
-        constraints,
-        other_load: input.other_load.clone(),
-    })
+    Ok(AllocationRequest { queue: queue.clone(), workers, current, constraints, other_load })
 }
 
 /// Plans the grants, revocations and cancellations that move the queue's rows towards

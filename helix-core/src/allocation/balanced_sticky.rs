@@ -4,6 +4,7 @@ use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use crate::allocation::flow::Network;
 use crate::allocation::{
     Allocation, AllocationError, AllocationInput, AllocationStrategy, Assignment, Prepared, Unassigned,
 };
@@ -100,12 +101,32 @@ impl AllocationStrategy for BalancedSticky {
         let prepared = Prepared::new(input)?;
         Ok(allocate(&prepared, input, self.move_cap))
     }
+
+    fn allocate_all(&self, queues: &[AllocationInput<'_>]) -> Result<Vec<Allocation>, AllocationError> {
+        allocate_joint(queues, self.move_cap)
+    }
 }
 
-/// The quota of every worker (0 for ineligible ones).
-fn quotas(prepared: &Prepared<'_>, input: &AllocationInput<'_>, current: &[u32]) -> Vec<u32> {
+/// Every eligible worker's share of a queue, split into what it surely gets and what is left
+/// to decide: the base quota (⌊share⌋, or the maximum for a worker whose share reaches it),
+/// the fractional part of the share, and how many "+1"s the fractional parts add up to.
+struct Shares {
+    /// ⌊share⌋ of every worker (0 for ineligible ones, the maximum for capped ones).
+    quota: Vec<u32>,
+    /// The fractional part of every worker's share, as a numerator over `denominator`.
+    remainder: Vec<u64>,
+    /// The common denominator of the fractional parts (the uncapped workers' capacity).
+    denominator: u64,
+    /// The eligible workers below the maximum, the only ones that may get a "+1".
+    uncapped: Vec<u32>,
+    /// How many "+1"s there are: the sum of the fractional parts.
+    extra: usize,
+}
+
+fn shares(prepared: &Prepared<'_>, input: &AllocationInput<'_>) -> Shares {
     let n = prepared.ids.len();
     let mut quota = vec![0u32; n];
+    let mut remainder = vec![0u64; n];
     let capacity: Vec<u64> = prepared.workers.iter().map(|w| u64::from(w.capacity.get())).collect();
     let mut remaining = u64::from(input.partition_count());
     let mut remaining_capacity: u64 = prepared.eligible_indices.iter().map(|&i| capacity[i as usize]).sum();
@@ -128,24 +149,38 @@ fn quotas(prepared: &Prepared<'_>, input: &AllocationInput<'_>, current: &[u32])
             capped += 1;
         }
         uncapped.drain(..capped);
+        uncapped.sort_unstable();
     }
     if uncapped.is_empty() || remaining_capacity == 0 {
-        return quota;
+        return Shares { quota, remainder, denominator: 1, uncapped: Vec::new(), extra: 0 };
     }
 
     // Shares in u64: a partition count and a capacity are both u32, so their product fits.
-    let mut fractional = vec![false; n];
     let mut given: u64 = 0;
     for &index in &uncapped {
         let share = remaining * capacity[index as usize];
         quota[index as usize] = (share / remaining_capacity) as u32;
-        fractional[index as usize] = !share.is_multiple_of(remaining_capacity);
+        remainder[index as usize] = share % remaining_capacity;
         given += share / remaining_capacity;
     }
-    let extra = (remaining - given) as usize;
+    Shares {
+        quota,
+        remainder,
+        denominator: remaining_capacity,
+        uncapped,
+        extra: (remaining - given) as usize,
+    }
+}
+
+/// The quota of every worker (0 for ineligible ones), for a queue allocated on its own.
+fn quotas(prepared: &Prepared<'_>, input: &AllocationInput<'_>, current: &[u32]) -> Vec<u32> {
+    let n = prepared.ids.len();
+    let capacity: Vec<u64> = prepared.workers.iter().map(|w| u64::from(w.capacity.get())).collect();
+    let Shares { mut quota, remainder, mut uncapped, extra, .. } = shares(prepared, input);
     if extra == 0 {
         return quota;
     }
+    let fractional: Vec<bool> = remainder.iter().map(|&r| r != 0).collect();
 
     // The "+1"s: workers with a fractional share first (so every quota stays within 1 of its
     // share), then the least load from other queues per unit of capacity, then the workers
@@ -233,19 +268,36 @@ impl Receivers {
     }
 }
 
-fn allocate(prepared: &Prepared<'_>, input: &AllocationInput<'_>, move_cap: Option<MoveCap>) -> Allocation {
-    let n = prepared.ids.len();
-    let partition_count = input.partition_count();
-    let current = input.current;
-
-    // How many partitions each live worker holds now.
-    let mut count = vec![0u32; n];
-    for (&target, &held) in prepared.remap.iter().zip(current.counts()) {
+/// How many partitions of the queue each live worker holds now.
+fn current_counts(prepared: &Prepared<'_>, input: &AllocationInput<'_>) -> Vec<u32> {
+    let mut count = vec![0u32; prepared.ids.len()];
+    for (&target, &held) in prepared.remap.iter().zip(input.current.counts()) {
         if target != NONE {
             count[target as usize] += held;
         }
     }
+    count
+}
+
+fn allocate(prepared: &Prepared<'_>, input: &AllocationInput<'_>, move_cap: Option<MoveCap>) -> Allocation {
+    let count = current_counts(prepared, input);
     let quota = quotas(prepared, input, &count);
+    place(prepared, input, move_cap, count, &quota)
+}
+
+/// Keeps every partition whose owner is eligible and within its quota, and moves the others
+/// to the workers below their quota (orphans first, then partitions of ineligible workers,
+/// then the excess of others).
+fn place(
+    prepared: &Prepared<'_>,
+    input: &AllocationInput<'_>,
+    move_cap: Option<MoveCap>,
+    mut count: Vec<u32>,
+    quota: &[u32],
+) -> Allocation {
+    let n = prepared.ids.len();
+    let partition_count = input.partition_count();
+    let current = input.current;
 
     // How many partitions each worker must give up: everything for an ineligible worker,
     // what is above its quota for an eligible one.
@@ -355,4 +407,214 @@ fn allocate(prepared: &Prepared<'_>, input: &AllocationInput<'_>, move_cap: Opti
     }
     unassigned.sort_unstable();
     Allocation { assignment: Assignment::from_trusted_parts(prepared.ids.clone(), owners, count), unassigned }
+}
+
+/// The sum of a worker's fractional shares over several queues, exact while the common
+/// denominator fits in 128 bits, and as a float alongside for when it does not.
+#[derive(Debug, Clone, Copy)]
+struct FractionSum {
+    whole: u64,
+    numerator: u128,
+    /// 0 until the first fraction is added.
+    denominator: u128,
+    approximate: f64,
+    exact: bool,
+}
+
+impl FractionSum {
+    const ZERO: Self = Self { whole: 0, numerator: 0, denominator: 0, approximate: 0.0, exact: true };
+
+    /// Adds `numerator / denominator`, a fraction below 1.
+    fn add(&mut self, numerator: u64, denominator: u64) {
+        self.approximate += numerator as f64 / denominator as f64;
+        if !self.exact {
+            return;
+        }
+        let (n, d) = (u128::from(numerator), u128::from(denominator));
+        if self.denominator == 0 {
+            (self.numerator, self.denominator) = (n, d);
+        } else if self.denominator == d {
+            self.numerator += n;
+        } else {
+            let common = (self.denominator / gcd(self.denominator, d)).checked_mul(d);
+            let sum = common.and_then(|common| {
+                let left = self.numerator.checked_mul(common / self.denominator)?;
+                let right = n.checked_mul(common / d)?;
+                Some((left.checked_add(right)?, common))
+            });
+            match sum {
+                Some((numerator, denominator)) => {
+                    (self.numerator, self.denominator) = (numerator, denominator)
+                }
+                None => {
+                    self.exact = false;
+                    return;
+                }
+            }
+        }
+        if self.numerator >= self.denominator {
+            self.whole += (self.numerator / self.denominator) as u64;
+            self.numerator %= self.denominator;
+        }
+    }
+
+    /// ⌊sum⌋ and ⌈sum⌉; when the sum could not be kept exact, an interval around the float
+    /// that surely holds it (of width 2 only when the float is within 10⁻⁹ of an integer).
+    fn bounds(&self) -> (u64, u64) {
+        if self.exact {
+            (self.whole, self.whole + u64::from(self.numerator > 0))
+        } else {
+            let low = (self.approximate - 1e-9).floor().max(0.0) as u64;
+            let high = (self.approximate + 1e-9).ceil().max(0.0) as u64;
+            (low, high)
+        }
+    }
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Allocates several queues at once: every queue's quotas within 1 of its shares, every
+/// worker's total within 1 of the sum of its shares, and among those quotas the ones that keep
+/// the most partitions with their current owners (a min-cost flow over the "+1"s).
+pub(crate) fn allocate_joint(
+    inputs: &[AllocationInput<'_>],
+    move_cap: Option<MoveCap>,
+) -> Result<Vec<Allocation>, AllocationError> {
+    let prepared: Vec<Prepared<'_>> = inputs.iter().map(Prepared::new).collect::<Result<_, _>>()?;
+    if let [input] = inputs {
+        // One queue: the per-queue bound is the per-worker bound.
+        let input = AllocationInput { other_load: &super::NO_LOAD, ..*input };
+        return Ok(vec![allocate(&prepared[0], &input, move_cap)]);
+    }
+
+    // One numbering of every worker of every queue (the queues' own when they all agree).
+    let same = prepared.iter().all(|p| p.ids == prepared[0].ids);
+    let key = |id: &crate::ids::WorkerId| id.as_uuid().as_u128();
+    let (worker_count, maps): (usize, Vec<Vec<u32>>) = if same {
+        (prepared.first().map_or(0, |p| p.ids.len()), Vec::new())
+    } else {
+        let mut all: Vec<u128> = prepared.iter().flat_map(|p| p.ids.iter().map(key)).collect();
+        all.sort_unstable();
+        all.dedup();
+        let maps = prepared
+            .iter()
+            .map(|p| {
+                let mut next = 0;
+                p.ids
+                    .iter()
+                    .map(|id| {
+                        let wanted = key(id);
+                        while all[next] < wanted {
+                            next += 1;
+                        }
+                        next as u32
+                    })
+                    .collect()
+            })
+            .collect();
+        (all.len(), maps)
+    };
+    let global = |queue: usize, local: u32| -> usize {
+        if same { local as usize } else { maps[queue][local as usize] as usize }
+    };
+
+    let counts: Vec<Vec<u32>> =
+        prepared.iter().zip(inputs).map(|(p, input)| current_counts(p, input)).collect();
+    let mut shares: Vec<Shares> = prepared.iter().zip(inputs).map(|(p, input)| shares(p, input)).collect();
+    let mut sums = vec![FractionSum::ZERO; worker_count];
+    for (queue, share) in shares.iter().enumerate() {
+        for &local in &share.uncapped {
+            let remainder = share.remainder[local as usize];
+            if remainder > 0 {
+                sums[global(queue, local)].add(remainder, share.denominator);
+            }
+        }
+    }
+
+    // The network: source → queue (its number of "+1"s) → worker (one "+1" per queue where
+    // its share is fractional; cost −1 where that keeps a partition with its current owner)
+    // → sink (at least ⌊total share⌋ − Σ⌊share⌋ "+1"s, forced by a cost that outweighs every
+    // kept partition, and at most one more).
+    let wanted: i64 = shares.iter().map(|s| s.extra as i64).sum();
+    if wanted > 0 {
+        let queues = inputs.len();
+        let (source, sink) = (0, 1);
+        let worker_node = |w: usize| 2 + queues + w;
+        let mut network = Network::new(2 + queues + worker_count);
+        let mut potential = vec![0i64; 2 + queues + worker_count];
+        let mut cells: Vec<(usize, u32, usize)> = Vec::new();
+        for (queue, share) in shares.iter().enumerate() {
+            network.add_edge(source, 2 + queue, share.extra as i64, 0);
+            for &local in &share.uncapped {
+                let i = local as usize;
+                if share.remainder[i] == 0 {
+                    continue;
+                }
+                let keeps = counts[queue][i] > share.quota[i];
+                let w = worker_node(global(queue, local));
+                let edge = network.add_edge(2 + queue, w, 1, -i64::from(keeps));
+                if keeps {
+                    potential[w] = -1;
+                }
+                cells.push((queue, local, edge));
+            }
+        }
+        let forced = wanted + 1;
+        let mut sink_potential = 0i64;
+        for (w, sum) in sums.iter().enumerate() {
+            let (low, high) = sum.bounds();
+            let (low, high) = (low as i64, high as i64);
+            let node = worker_node(w);
+            if low > 0 {
+                network.add_edge(node, sink, low, -forced);
+                sink_potential = sink_potential.min(potential[node] - forced);
+            }
+            if high > low {
+                network.add_edge(node, sink, high - low, 0);
+                sink_potential = sink_potential.min(potential[node]);
+            }
+        }
+        potential[sink] = sink_potential;
+        // The potentials are the exact distances from the source (the network is layered).
+        let sent = network.min_cost_flow(source, sink, wanted, potential, true);
+        let mut given = vec![0usize; queues];
+        for &(queue, local, edge) in &cells {
+            if network.flow(edge) > 0 {
+                shares[queue].quota[local as usize] += 1;
+                given[queue] += 1;
+            }
+        }
+        if sent < wanted {
+            // Only if the bounds were inconsistent: keep every queue's own bound at least.
+            for (queue, share) in shares.iter_mut().enumerate() {
+                let mut missing = share.extra - given[queue];
+                let mut candidates: Vec<u32> = cells
+                    .iter()
+                    .filter(|&&(q, _, edge)| q == queue && network.flow(edge) == 0)
+                    .map(|&(_, local, _)| local)
+                    .collect();
+                candidates.sort_by_key(|&local| counts[queue][local as usize] <= share.quota[local as usize]);
+                for local in candidates {
+                    if missing == 0 {
+                        break;
+                    }
+                    share.quota[local as usize] += 1;
+                    missing -= 1;
+                }
+            }
+        }
+    }
+
+    Ok(prepared
+        .iter()
+        .zip(inputs)
+        .zip(counts)
+        .zip(shares)
+        .map(|(((prepared, input), count), share)| place(prepared, input, move_cap, count, &share.quota))
+        .collect())
 }

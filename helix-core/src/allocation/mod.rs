@@ -37,6 +37,7 @@
 
 mod assignment;
 mod balanced_sticky;
+mod flow;
 mod rendezvous;
 mod round_robin;
 
@@ -119,6 +120,21 @@ pub trait AllocationStrategy: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`AllocationError`] when the input is inconsistent (a worker listed twice).
     fn allocate(&self, input: &AllocationInput<'_>) -> Result<Allocation, AllocationError>;
+
+    /// The target owner of every partition of several queues at once, one [`Allocation`] per
+    /// input, in order. The queues may share workers (a worker appears in the input of every
+    /// queue it serves, with that queue's capacity).
+    ///
+    /// The default allocates each queue on its own with [`allocate`](Self::allocate) (each
+    /// input's `other_load` as given). [`BalancedSticky`] overrides it with one allocation over
+    /// all the queues that bounds every queue and every worker's total at once, and ignores
+    /// `other_load`.
+    ///
+    /// # Errors
+    /// [`AllocationError`] when one input is inconsistent (a worker listed twice in a queue).
+    fn allocate_all(&self, queues: &[AllocationInput<'_>]) -> Result<Vec<Allocation>, AllocationError> {
+        queues.iter().map(|queue| self.allocate(queue)).collect()
+    }
 }
 
 /// The strategy registered under `name`, with its default settings; `None` for an unknown
@@ -150,7 +166,7 @@ pub struct Constraints {
 
 static NO_CONSTRAINTS: Constraints =
     Constraints { required_labels: BTreeMap::new(), max_partitions_per_worker: None };
-static NO_LOAD: BTreeMap<WorkerId, u64> = BTreeMap::new();
+pub(crate) static NO_LOAD: BTreeMap<WorkerId, u64> = BTreeMap::new();
 
 impl Constraints {
     /// Whether `worker` may be given partitions under these constraints: it is active and
@@ -173,12 +189,23 @@ pub struct AllocationInput<'a> {
     pub constraints: &'a Constraints,
     /// How many partitions of the other queues each worker owns (missing means 0).
     pub other_load: &'a BTreeMap<WorkerId, u64>,
+    /// A number that identifies the queue (the coordinator passes its `QueueId`), so that
+    /// strategies that hash, like [`RendezvousHash`], place the partitions of different queues
+    /// differently. 0 by default.
+    pub queue: u64,
 }
 
 impl<'a> AllocationInput<'a> {
     /// An input without constraints and without load from other queues.
     pub fn new(workers: &'a [WorkerInfo], current: &'a Assignment) -> Self {
-        Self { workers, current, constraints: &NO_CONSTRAINTS, other_load: &NO_LOAD }
+        Self { workers, current, constraints: &NO_CONSTRAINTS, other_load: &NO_LOAD, queue: 0 }
+    }
+
+    /// The same input for the queue identified by `queue` (see [`AllocationInput::queue`]).
+    #[must_use]
+    pub fn with_queue(mut self, queue: u64) -> Self {
+        self.queue = queue;
+        self
     }
 
     /// The same input with `constraints`.

@@ -8,10 +8,13 @@ use crate::ids::{PartitionId, WorkerId};
 /// Highest random weight: every partition goes to the eligible worker with the highest
 /// [`rendezvous_score`] for it.
 ///
-/// It needs no table and no current state: anyone who knows the workers can compute where a
-/// partition lives, and a join or a leave moves only the partitions the changed worker wins
-/// or held (about `P/N` of them). Balance is statistical, not exact: with `N` workers the
-/// spread grows like `√(P/N)`. Capacity weights use the logarithmic method (a worker of
+/// It needs no table and no current state: anyone who knows the workers and the queue can
+/// compute where a partition lives, and a join or a leave moves only the partitions the
+/// changed worker wins or held (about `P/N` of them). Balance is statistical, not exact: each
+/// worker's count is a binomial draw, so its spread grows like `√(P/N)` per queue, nothing
+/// bounds it (a worker may get nothing when `P/N` is small), and nothing bounds a worker's
+/// total over queues either; the queue salt only makes the queues' draws independent, so
+/// totals over `Q` queues spread like `√(Q·P/N)` instead of `Q·√(P/N)`. Capacity weights use the logarithmic method (a worker of
 /// weight `w` wins with probability proportional to `w`); with equal weights the integer
 /// scores are compared directly.
 ///
@@ -44,8 +47,8 @@ fn worker_key(worker: WorkerId) -> u64 {
     mix64(high ^ mix64(low))
 }
 
-fn partition_key(partition: PartitionId) -> u64 {
-    mix64(u64::from(partition.0).wrapping_add(GOLDEN))
+fn partition_key(queue: u64, partition: PartitionId) -> u64 {
+    mix64(u64::from(partition.0).wrapping_add(GOLDEN) ^ mix64(queue))
 }
 
 /// The rendezvous score of `worker` for `partition`. It is stable across processes, machines,
@@ -58,20 +61,26 @@ fn partition_key(partition: PartitionId) -> u64 {
 ///                   z ^ z >> 31                       (wrapping 64-bit arithmetic)
 /// worker_key(w)   = mix64(high ^ mix64(low))           (high, low: the UUID's bytes 0-7 and
 ///                                                       8-15 read big-endian)
-/// partition_key(p)= mix64(p + 0x9E3779B97F4A7C15)
-/// score(w, p)     = mix64(worker_key(w) ^ partition_key(p))
+/// partition_key(q, p) = mix64((p + 0x9E3779B97F4A7C15) ^ mix64(q))
+/// score(q, w, p)  = mix64(worker_key(w) ^ partition_key(q, p))
 /// ```
+///
+/// `q` is the queue's salt ([`AllocationInput::queue`](crate::allocation::AllocationInput)):
+/// without it every queue served by the same workers would get the very same placement, so the
+/// workers that win many partitions in one queue would win them in every queue. With `q = 0`
+/// (`mix64(0) = 0`) the score is that of the unsalted formula.
 ///
 /// ```
 /// use helix_core::allocation::rendezvous_score;
 /// use helix_core::{PartitionId, WorkerId};
 ///
 /// let worker: WorkerId = "01890a5d-ac96-774b-bcce-b302099a8057".parse().expect("uuid");
-/// assert_eq!(rendezvous_score(worker, PartitionId(7)), rendezvous_score(worker, PartitionId(7)));
-/// assert_ne!(rendezvous_score(worker, PartitionId(7)), rendezvous_score(worker, PartitionId(8)));
+/// assert_eq!(rendezvous_score(1, worker, PartitionId(7)), rendezvous_score(1, worker, PartitionId(7)));
+/// assert_ne!(rendezvous_score(1, worker, PartitionId(7)), rendezvous_score(1, worker, PartitionId(8)));
+/// assert_ne!(rendezvous_score(1, worker, PartitionId(7)), rendezvous_score(2, worker, PartitionId(7)));
 /// ```
-pub fn rendezvous_score(worker: WorkerId, partition: PartitionId) -> u64 {
-    mix64(worker_key(worker) ^ partition_key(partition))
+pub fn rendezvous_score(queue: u64, worker: WorkerId, partition: PartitionId) -> u64 {
+    mix64(worker_key(worker) ^ partition_key(queue, partition))
 }
 
 /// The weighted score `weight / -ln(u)` for a uniform `u` in (0, 1) taken from the top 53
@@ -99,7 +108,7 @@ impl AllocationStrategy for RendezvousHash {
         let mut unassigned = Vec::new();
         let mut owners = Vec::with_capacity(input.current.len());
         for partition in 0..input.partition_count() {
-            let pk = partition_key(PartitionId(partition));
+            let pk = partition_key(input.queue, PartitionId(partition));
             // Ties (practically impossible) go to the lower worker id: the scan is in id order
             // and only a strictly higher score replaces the best so far.
             let mut best: Option<usize> = None;
