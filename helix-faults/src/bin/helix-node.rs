@@ -85,6 +85,10 @@ struct Args {
     coordinator_renew_interval: Duration,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     safety_margin: Duration,
+    /// The bound of each store call and allocator request of a coordinator round; by default
+    /// 1 s, or half of `coordinator_lease - safety_margin` when that is shorter.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    coordinator_call_timeout: Option<Duration>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     reconcile_interval: Duration,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
@@ -107,6 +111,9 @@ impl Args {
             coordinator_lease: self.coordinator_lease,
             coordinator_renew_interval: self.coordinator_renew_interval,
             safety_margin: self.safety_margin,
+            coordinator_call_timeout: self.coordinator_call_timeout.unwrap_or_else(|| {
+                Duration::from_secs(1).min(self.coordinator_lease.saturating_sub(self.safety_margin) / 2)
+            }),
             reconcile_interval: self.reconcile_interval,
             full_reevaluation_interval: self.full_reevaluation_interval,
             drain_timeout: self.drain_timeout,
