@@ -21,6 +21,10 @@ use helix_store::{
     MemStore, NewEvent, PlanChange, PlanOutcome, QueueAssignments, QueueRecord, QueueSpec, Store,
     StoreResult, Subscription, WorkerFilter, WorkerLease, WorkerRecord, WorkerRegistration, WorkerStatus,
 };
+use helix_store::{
+    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
+    TaskRecord, TaskRecovery, TaskRetry, TaskState,
+};
 use tokio::time::Instant;
 
 mod support;
@@ -244,6 +248,89 @@ impl Store for HangingStore {
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64> {
         self.gate("prune_events").await;
         self.inner.prune_events(older_than).await
+    }
+    async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
+        self.gate("enqueue_task").await;
+        self.inner.enqueue_task(queue, task).await
+    }
+    async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
+        self.gate("enqueue_tasks").await;
+        self.inner.enqueue_tasks(queue, tasks).await
+    }
+    async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
+        self.gate("claim_tasks").await;
+        self.inner.claim_tasks(fence, limit).await
+    }
+    async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
+        self.gate("complete_tasks").await;
+        self.inner.complete_tasks(fence, ids).await
+    }
+    async fn fail_tasks(
+        &self,
+        fence: &OwnerFence,
+        failures: &[TaskFailure],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.gate("fail_tasks").await;
+        self.inner.fail_tasks(fence, failures).await
+    }
+    async fn retry_tasks_later(
+        &self,
+        fence: &OwnerFence,
+        retries: &[TaskRetry],
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.gate("retry_tasks_later").await;
+        self.inner.retry_tasks_later(fence, retries).await
+    }
+    async fn extend_tasks(
+        &self,
+        fence: &OwnerFence,
+        ids: &[TaskId],
+        by: Duration,
+    ) -> StoreResult<TaskBatchOutcome> {
+        self.gate("extend_tasks").await;
+        self.inner.extend_tasks(fence, ids, by).await
+    }
+    async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
+        self.gate("cancel_task").await;
+        self.inner.cancel_task(id).await
+    }
+    async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
+        self.gate("recover_partition_tasks").await;
+        self.inner.recover_partition_tasks(fence).await
+    }
+    async fn next_due(
+        &self,
+        queue: QueueId,
+        partitions: &[PartitionId],
+    ) -> StoreResult<std::collections::BTreeMap<PartitionId, DateTime<Utc>>> {
+        self.gate("next_due").await;
+        self.inner.next_due(queue, partitions).await
+    }
+    async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>> {
+        self.gate("task_counts").await;
+        self.inner.task_counts(queue).await
+    }
+    async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.gate("get_task").await;
+        self.inner.get_task(id).await
+    }
+    async fn list_tasks(
+        &self,
+        queue: QueueId,
+        state: TaskState,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        self.gate("list_tasks").await;
+        self.inner.list_tasks(queue, state, after, limit).await
+    }
+    async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
+        self.gate("retry_dead_task").await;
+        self.inner.retry_dead_task(id).await
+    }
+    async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
+        self.gate("prune_tasks").await;
+        self.inner.prune_tasks(older_than, limit).await
     }
 }
 
