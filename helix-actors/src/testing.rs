@@ -35,7 +35,7 @@ use crate::coordinator::{
 };
 use crate::worker::{
     GetStatus, HandlerError, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler,
-    RestartPolicy, WorkerSession, WorkerStatusReport,
+    PartitionState, RestartPolicy, WorkerSession, WorkerStatusReport,
 };
 
 /// Timings five times faster than the defaults (heartbeat 200 ms, session timeout and lease
@@ -897,7 +897,12 @@ impl SimCluster {
     /// - each partition's tenures, in the order they started, never go down in epoch, and a
     ///   change of worker always comes with a higher epoch;
     /// - no partition's epoch in the store ever went down between two reads by the kit, and
-    ///   none is below an epoch a handler ran at.
+    ///   none is below an epoch a handler ran at;
+    /// - every partition that is owned and settled runs on its owner, at the store's epoch:
+    ///   `ASSIGNED`, its owner live in the store and a worker of the kit that is neither
+    ///   killed, cut off, fenced nor leaving, and the partition not draining, backing off or
+    ///   failed there. A partition that breaks this is given one session timeout plus two
+    ///   heartbeat intervals (waited for on tokio's clock) to start before it is reported.
     ///
     /// # Errors
     /// [`InvariantViolation`] listing every broken invariant.
@@ -961,8 +966,87 @@ impl SimCluster {
                 let seen = epochs.entry(key).or_insert(row.epoch);
                 *seen = (*seen).max(row.epoch);
             }
+            drop(epochs);
+            violations.extend(self.idle_owned(queue).await);
         }
         if violations.is_empty() { Ok(()) } else { Err(InvariantViolation { violations }) }
+    }
+
+    /// How long a settled partition may run nowhere before the checker calls it a violation:
+    /// one session timeout plus two heartbeat intervals (a new owner starts a grant on its
+    /// next assignment poll).
+    fn idle_grace(&self) -> Duration {
+        self.config.session_timeout + self.config.heartbeat_interval * 2
+    }
+
+    /// The partitions of `queue` that are owned and settled (`ASSIGNED`, owner live in the
+    /// store and running here: not killed, cut off, fenced or leaving, and the partition not
+    /// draining, backing off or failed on it) yet run nowhere, or elsewhere, or at another
+    /// epoch, and stay so for [`idle_grace`](Self::idle_grace). One line each.
+    async fn idle_owned(&self, queue: QueueId) -> Vec<String> {
+        let deadline = Instant::now() + self.idle_grace();
+        loop {
+            let found = match self.idle_owned_now(queue).await {
+                Ok(found) => found,
+                Err(err) => return vec![format!("queue {queue}: could not check who runs what: {err}")],
+            };
+            if found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn idle_owned_now(&self, queue: QueueId) -> Result<Vec<String>, SimError> {
+        let rows = self.store.assignments(queue).await?.rows;
+        let live: BTreeSet<WorkerId> =
+            self.store.list_workers(WorkerFilter::Live).await?.iter().map(|w| w.id).collect();
+        let tenures = self.tenures();
+        let mut statuses: BTreeMap<WorkerId, Option<WorkerStatusReport>> = BTreeMap::new();
+        let mut found = Vec::new();
+        for row in rows {
+            let Some(owner) = row.owner.filter(|_| row.state == AssignmentState::Assigned) else {
+                continue;
+            };
+            if self.killed.contains(&owner) || !live.contains(&owner) {
+                continue;
+            }
+            if !statuses.contains_key(&owner) {
+                // The latest session under that id that still runs, if it is reachable.
+                let worker = self.workers.iter().rev().find(|w| w.id == owner && w.session.connected());
+                let status = match worker {
+                    Some(w) if !w.link.is_cut_off() => w.session.send(GetStatus).await.ok(),
+                    _ => None,
+                };
+                statuses.insert(owner, status);
+            }
+            let Some(Some(status)) = statuses.get(&owner) else {
+                continue;
+            };
+            let busy = status.partitions.iter().any(|p| {
+                p.queue == queue
+                    && p.partition == row.partition
+                    && matches!(
+                        p.state,
+                        PartitionState::Draining | PartitionState::Backoff | PartitionState::Failed
+                    )
+            });
+            if status.fenced || status.leaving || busy {
+                continue;
+            }
+            let running: Vec<(WorkerId, Epoch)> = tenures
+                .iter()
+                .filter(|t| t.queue == queue && t.partition == row.partition && t.is_running())
+                .map(|t| (t.worker, t.epoch))
+                .collect();
+            if running != [(owner, row.epoch)] {
+                found.push(format!(
+                    "queue {queue} partition {}: owned and settled (owner {owner}, epoch {}) but runs on {running:?}",
+                    row.partition, row.epoch
+                ));
+            }
+        }
+        Ok(found)
     }
 
     /// Checks that `queue` has settled: every partition owned in the store by a live worker

@@ -65,7 +65,8 @@ pub enum PartitionState {
     Backoff,
     /// It is being drained and handed over (or released).
     Draining,
-    /// It was drained but the handoff did not reach the store; retried on the next poll.
+    /// It was drained but the handoff did not reach the store, or came back fenced; the next
+    /// poll hands it over again, runs it again (a cancelled revocation) or drops it (moved on).
     Stopped,
     /// Its handler failed too often; it stays stopped until the store records it as failed
     /// (see [`RestartPolicy`]).
@@ -479,7 +480,7 @@ impl WorkerSession {
             }
             store.handoff(key.0, key.1, id, epoch).await
         };
-        ctx.spawn(handoff.into_actor(self).map(move |outcome, act, _| {
+        ctx.spawn(handoff.into_actor(self).map(move |outcome, act, ctx| {
             let current = act.slots.get(&key).is_some_and(|s| s.generation == generation);
             match outcome {
                 Ok(new_epoch) => {
@@ -490,11 +491,16 @@ impl WorkerSession {
                     }
                 }
                 Err(StoreError::Fenced(reason)) => {
-                    info!(queue = %key.0, partition = %key.1, %epoch, %reason, "handoff fenced, partition already moved");
-                    act.given_up.insert(key, epoch);
-                    if current {
-                        act.slots.remove(&key);
+                    // The row is no longer (me, epoch, REVOKING): the revocation was cancelled
+                    // (by the revoke timeout, or because its target died), or the partition
+                    // moved on. Which one only the row says: read it again and run what is
+                    // still ours (an `ASSIGNED` row restarts at its epoch), drop the rest.
+                    info!(queue = %key.0, partition = %key.1, %epoch, %reason, "handoff fenced, reading the partition again");
+                    if let Some(slot) = act.slots.get_mut(&key).filter(|_| current) {
+                        slot.state = PartitionState::Stopped;
+                        slot.actor = None;
                     }
+                    act.poll(ctx);
                 }
                 Err(error) => {
                     warn!(queue = %key.0, partition = %key.1, %epoch, %error, "handoff failed, retrying on the next poll");
