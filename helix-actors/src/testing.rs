@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ use crate::coordinator::{
 };
 use crate::worker::{
     GetStatus, HandlerError, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler,
-    PartitionState, RestartPolicy, WorkerSession, WorkerStatusReport,
+    PartitionState, RestartPolicy, SessionEnd, WorkerSession, WorkerStatusReport,
 };
 
 /// Timings five times faster than the defaults (heartbeat 200 ms, session timeout and lease
@@ -97,6 +97,8 @@ pub fn noop_handler() -> HandlerFactory {
 pub struct CutOffStore {
     inner: Arc<dyn Store>,
     state: Arc<AtomicU8>,
+    /// Milliseconds every assignment poll's answer takes to come back.
+    poll_delay: Arc<AtomicU64>,
 }
 
 const CONNECTED: u8 = 0;
@@ -106,7 +108,14 @@ const STALLED: u8 = 2;
 impl CutOffStore {
     /// A link to `inner`, connected.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, state: Arc::new(AtomicU8::new(CONNECTED)) }
+        Self { inner, state: Arc::new(AtomicU8::new(CONNECTED)), poll_delay: Arc::default() }
+    }
+
+    /// Delays the answer of every later [`Store::assignments_of`] by `delay` (on tokio's
+    /// clock) after the store has read it, as a slow network does to a reply: the answer
+    /// describes the rows as they were when read. `Duration::ZERO` ends the delay.
+    pub fn delay_polls(&self, delay: Duration) {
+        self.poll_delay.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Fails every call from now on, until [`restore`](Self::restore).
@@ -232,7 +241,12 @@ impl Store for CutOffStore {
         self.link().await?.assignments(queue).await
     }
     async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>> {
-        self.link().await?.assignments_of(worker).await
+        let answer = self.link().await?.assignments_of(worker).await;
+        let delay = self.poll_delay.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        answer
     }
     async fn apply_plan(
         &self,
@@ -434,6 +448,7 @@ pub struct SimWorker {
     id: WorkerId,
     link: CutOffStore,
     session: Addr<WorkerSession>,
+    ended: tokio::sync::watch::Receiver<Option<SessionEnd>>,
 }
 
 impl SimWorker {
@@ -459,6 +474,11 @@ impl SimWorker {
     /// [`SimCluster::stop`]).
     pub async fn status(&self) -> Result<WorkerStatusReport, SimError> {
         Ok(self.session.send(GetStatus).await?)
+    }
+
+    /// Why the worker's session ended, `None` while it runs.
+    pub fn end(&self) -> Option<SessionEnd> {
+        self.ended.borrow().clone()
     }
 }
 
@@ -721,9 +741,10 @@ impl SimCluster {
         };
         let factory = recording(factory, Arc::clone(&self.log), self.clock);
         let session = WorkerSession::new(Arc::new(link.clone()), self.config.clone(), registration, factory)
-            .with_restart_policy(policy)
-            .start();
-        let worker = SimWorker { id, link, session };
+            .with_restart_policy(policy);
+        let ended = session.ended();
+        let session = session.start();
+        let worker = SimWorker { id, link, session, ended };
         self.workers.push(worker.clone());
         worker
     }
@@ -946,27 +967,28 @@ impl SimCluster {
                     continue;
                 }
             };
-            let mut epochs = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
-            for row in rows {
-                let key = (row.queue_id, row.partition);
-                if let Some(seen) = before.get(&key).filter(|seen| row.epoch < **seen) {
-                    violations.push(format!(
-                        "queue {queue} partition {}: epoch went down in the store from {seen} to {}",
-                        row.partition, row.epoch
-                    ));
+            {
+                let mut epochs = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+                for row in rows {
+                    let key = (row.queue_id, row.partition);
+                    if let Some(seen) = before.get(&key).filter(|seen| row.epoch < **seen) {
+                        violations.push(format!(
+                            "queue {queue} partition {}: epoch went down in the store from {seen} to {}",
+                            row.partition, row.epoch
+                        ));
+                    }
+                    if let Some(ran) = by_partition.get(&key).and_then(|l| l.iter().map(|t| t.epoch).max())
+                        && row.epoch < ran
+                    {
+                        violations.push(format!(
+                            "queue {queue} partition {}: store epoch {} below epoch {ran} a handler ran at",
+                            row.partition, row.epoch
+                        ));
+                    }
+                    let seen = epochs.entry(key).or_insert(row.epoch);
+                    *seen = (*seen).max(row.epoch);
                 }
-                if let Some(ran) = by_partition.get(&key).and_then(|l| l.iter().map(|t| t.epoch).max())
-                    && row.epoch < ran
-                {
-                    violations.push(format!(
-                        "queue {queue} partition {}: store epoch {} below epoch {ran} a handler ran at",
-                        row.partition, row.epoch
-                    ));
-                }
-                let seen = epochs.entry(key).or_insert(row.epoch);
-                *seen = (*seen).max(row.epoch);
             }
-            drop(epochs);
             violations.extend(self.idle_owned(queue).await);
         }
         if violations.is_empty() { Ok(()) } else { Err(InvariantViolation { violations }) }
@@ -1001,26 +1023,29 @@ impl SimCluster {
         let rows = self.store.assignments(queue).await?.rows;
         let live: BTreeSet<WorkerId> =
             self.store.list_workers(WorkerFilter::Live).await?.iter().map(|w| w.id).collect();
+        let owners: BTreeSet<WorkerId> = rows
+            .iter()
+            .filter(|r| r.state == AssignmentState::Assigned)
+            .filter_map(|r| r.owner)
+            .filter(|o| !self.killed.contains(o) && live.contains(o))
+            .collect();
+        let mut statuses: BTreeMap<WorkerId, WorkerStatusReport> = BTreeMap::new();
+        for owner in owners {
+            // The latest session under that id that still runs, if it is reachable.
+            let worker = self.workers.iter().rev().find(|w| w.id == owner && w.session.connected());
+            if let Some(w) = worker.filter(|w| !w.link.is_cut_off())
+                && let Ok(status) = w.session.send(GetStatus).await
+            {
+                statuses.insert(owner, status);
+            }
+        }
         let tenures = self.tenures();
-        let mut statuses: BTreeMap<WorkerId, Option<WorkerStatusReport>> = BTreeMap::new();
         let mut found = Vec::new();
         for row in rows {
             let Some(owner) = row.owner.filter(|_| row.state == AssignmentState::Assigned) else {
                 continue;
             };
-            if self.killed.contains(&owner) || !live.contains(&owner) {
-                continue;
-            }
-            if !statuses.contains_key(&owner) {
-                // The latest session under that id that still runs, if it is reachable.
-                let worker = self.workers.iter().rev().find(|w| w.id == owner && w.session.connected());
-                let status = match worker {
-                    Some(w) if !w.link.is_cut_off() => w.session.send(GetStatus).await.ok(),
-                    _ => None,
-                };
-                statuses.insert(owner, status);
-            }
-            let Some(Some(status)) = statuses.get(&owner) else {
+            let Some(status) = statuses.get(&owner) else {
                 continue;
             };
             let busy = status.partitions.iter().any(|p| {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use helix_actors::testing::{SimCluster, SimWorker, noop_handler};
 use helix_actors::worker::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler};
 use helix_core::{ClusterConfig, PartitionId, WorkerId};
-use helix_store::{AssignmentState, EventKind, QueueRecord, Store};
+use helix_store::{AssignmentState, EventKind, QueueRecord};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -154,5 +154,102 @@ async fn a_handoff_that_outlives_the_revoke_timeout_runs_the_partition_again() {
         owner.status().await
     );
     assert!(!owner.status().await.expect("status").fenced, "the hold did not fence the owner");
+    cluster.check_invariants().await.expect("invariants");
+}
+
+#[actix::test]
+async fn a_superseded_session_stops_for_good_and_says_so() {
+    let (cluster, _queue, owner) = one_owner(ClusterConfig::default(), 4, noop_handler()).await;
+    let first = owner.status().await.expect("status").session_epoch.expect("registered");
+
+    // The owner pauses past its lease; meanwhile another process registers under its id.
+    owner.link().stall();
+    let expired = || async {
+        let record = cluster.store().get_worker(owner.id()).await.expect("worker");
+        record.lease_expires_at < cluster.now()
+    };
+    assert!(cluster.wait_until(LIMIT, expired).await, "the owner's lease ran out");
+    let mut other = cluster.store().get_worker(owner.id()).await.expect("worker");
+    other.pid += 1_000;
+    let registration = helix_store::WorkerRegistration {
+        id: owner.id(),
+        host: "another-host".into(),
+        pid: other.pid,
+        labels: Default::default(),
+        subscriptions: Vec::new(),
+        session_timeout: cluster.config().session_timeout,
+    };
+    let newer = cluster.store().register_worker(&registration).await.expect("the other process registers");
+    assert!(newer.session_epoch > first);
+    owner.link().restore();
+
+    let told = || async { owner.end().is_some() };
+    assert!(cluster.wait_until(LIMIT, told).await, "the owner learns it was superseded");
+    assert_eq!(
+        owner.end(),
+        Some(helix_actors::worker::SessionEnd::Superseded { worker: owner.id(), session_epoch: first })
+    );
+    assert!(owner.status().await.is_err(), "the superseded session has stopped");
+    assert!(
+        cluster.tenures().iter().filter(|t| t.worker == owner.id()).all(|t| !t.is_running()),
+        "every partition stopped"
+    );
+    // It never registers again: the other process's session stays the newest, for good.
+    cluster.advance(Duration::from_secs(30)).await;
+    let record = cluster.store().get_worker(owner.id()).await.expect("worker");
+    assert_eq!(record.session_epoch, newer.session_epoch, "the superseded process registered again");
+    assert_eq!(record.host, "another-host");
+    cluster.check_invariants().await.expect("invariants");
+}
+
+#[actix::test]
+async fn a_poll_answered_after_a_fence_and_a_new_session_is_dropped() {
+    tokio::time::pause();
+    let mut cluster = SimCluster::new(ClusterConfig::default()).await.expect("cluster");
+    let queue = cluster.create_queue("domain_order", "food_order", 2).await.expect("queue");
+    cluster.add_coordinator();
+    let slow = cluster.add_worker(&[(&queue, 1)], noop_handler());
+    let other = cluster.add_worker(&[(&queue, 1)], noop_handler());
+    let settled = cluster
+        .wait_until(LIMIT, || async {
+            cluster.check_settled(&queue).await.is_ok()
+                && cluster.loads(&queue).await.expect("loads").len() == 2
+        })
+        .await;
+    assert!(settled, "{:?}", cluster.check_settled(&queue).await);
+    let map = cluster.partition_map(&queue).await.expect("map");
+    let partition = PartitionId(
+        u32::try_from(map.iter().position(|o| *o == Some(slow.id())).expect("owned")).expect("small"),
+    );
+    let first = slow.status().await.expect("status").session_epoch.expect("registered");
+
+    // The slow worker's next poll reads its rows now and answers 8 s later. Meanwhile it is
+    // cut off, fences itself, its lease runs out and its partition goes to the other worker;
+    // back on the network it registers a new session before the old answer arrives.
+    slow.link().delay_polls(Duration::from_secs(8));
+    cluster.advance(Duration::from_millis(1_100)).await;
+    slow.link().delay_polls(Duration::ZERO);
+    cluster.cut_off(&slow);
+    let moved = || async {
+        cluster.partition_map(&queue).await.expect("map")[partition.0 as usize] == Some(other.id())
+    };
+    assert!(cluster.wait_until(LIMIT, moved).await, "the partition moved to the other worker");
+    assert!(cluster.restore(&slow));
+    let again = || async { slow.status().await.expect("status").session_epoch.is_some_and(|s| s > first) };
+    assert!(cluster.wait_until(LIMIT, again).await, "a new session");
+
+    // The old answer arrives under the new session: it must not start the partition.
+    cluster.advance(Duration::from_secs(10)).await;
+    let tenures = cluster.tenures();
+    let stale: Vec<_> = tenures
+        .iter()
+        .filter(|t| t.worker == slow.id() && t.partition == partition && t.start_seq > 0)
+        .filter(|t| {
+            tenures
+                .iter()
+                .any(|o| o.worker == other.id() && o.partition == partition && o.start_seq < t.start_seq)
+        })
+        .collect();
+    assert!(stale.is_empty(), "the stale poll started the partition again: {stale:?}");
     cluster.check_invariants().await.expect("invariants");
 }
