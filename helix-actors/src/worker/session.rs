@@ -217,7 +217,11 @@ struct Slot {
 /// - **Acknowledged handoff.** A partition the coordinator marked `REVOKING` is drained
 ///   (`revoked`, at most `drain_timeout`) and then handed over with one epoch-fenced update.
 ///
-/// Heartbeats and polls run every `heartbeat_interval`; each never overlaps itself. Store
+/// Heartbeats run every `heartbeat_interval` and never overlap themselves. The assignment
+/// poll runs only when something may have changed: after a registration, when a heartbeat
+/// answers that the assignment version of a subscribed queue moved, after a fenced handoff,
+/// and on every tick while a poll failed or a partition waits for a retry. An idle worker
+/// therefore costs the store one heartbeat (one statement on MySQL) per interval. Store
 /// errors are logged and the step is tried again on the next tick; self-fencing still applies.
 /// The session and its partition actors run on the arbiter that started the session. Its
 /// timers keep it alive when every address is dropped: send [`Leave`] to stop it.
@@ -249,6 +253,10 @@ pub struct WorkerSession {
     fence_generation: u64,
     /// The last session this process held, to recognise a newer one of another process.
     last_session: Option<SessionEpoch>,
+    /// Bumped for every reason to poll; `polled_seq` is the highest one a successful poll
+    /// started after. A poll is owed while they differ.
+    poll_wanted_seq: u64,
+    polled_seq: u64,
     ended: watch::Sender<Option<SessionEnd>>,
 }
 
@@ -284,6 +292,8 @@ impl WorkerSession {
             next_generation: 0,
             fence_generation: 0,
             last_session: None,
+            poll_wanted_seq: 0,
+            polled_seq: 0,
             ended: watch::channel(None).0,
         }
     }
@@ -339,6 +349,24 @@ impl WorkerSession {
             return;
         }
         self.renew(ctx);
+        // Partitions waiting for a retry (a handoff or a failure report that did not reach
+        // the store) are retried on every tick; otherwise the heartbeat says when to poll.
+        let pending =
+            !self.failed.is_empty() || self.slots.values().any(|s| s.state == PartitionState::Stopped);
+        if pending || self.poll_owed() {
+            self.poll(ctx);
+        }
+    }
+
+    /// Whether something happened that only a poll can bring in: a registration, a moved
+    /// assignment version, a fenced handoff, a failed poll.
+    fn poll_owed(&self) -> bool {
+        self.polled_seq < self.poll_wanted_seq
+    }
+
+    /// Asks for a poll and starts it now when possible.
+    fn want_poll(&mut self, ctx: &mut Context<Self>) {
+        self.poll_wanted_seq += 1;
         self.poll(ctx);
     }
 
@@ -366,7 +394,12 @@ impl WorkerSession {
                 return;
             }
             match outcome {
-                Ok(Heartbeat::Renewed) => act.renewed(sent, ctx),
+                Ok(Heartbeat::Renewed { assignments_moved }) => {
+                    act.renewed(sent, ctx);
+                    if assignments_moved {
+                        act.want_poll(ctx);
+                    }
+                }
                 Ok(Heartbeat::Superseded) => act.superseded(session, ctx),
                 Ok(answer) => {
                     warn!(worker = %act.id(), session_epoch = %session, ?answer, "session lost, stopping every partition");
@@ -402,7 +435,7 @@ impl WorkerSession {
                     act.session = Some(lease.session_epoch);
                     act.last_session = Some(lease.session_epoch);
                     act.renewed(sent, ctx);
-                    act.poll(ctx);
+                    act.want_poll(ctx);
                 }
                 Err(error) => {
                     // Refused while another session of this id is live (a process restarted
@@ -481,6 +514,8 @@ impl WorkerSession {
                 return;
             }
             act.fence_generation += 1;
+            // Once a renewal lifts the fence, a poll brings back what is still owned.
+            act.poll_wanted_seq += 1;
             if !act.slots.is_empty() {
                 warn!(worker = %act.id(), "lease not renewed in time, fencing: stopping every partition");
                 act.stop_all("self-fenced");
@@ -507,6 +542,7 @@ impl WorkerSession {
         let id = self.id();
         let known: BTreeSet<QueueId> = self.queues.keys().copied().collect();
         let stamp = self.stamp();
+        let wanted = self.poll_wanted_seq;
         let poll = async move {
             let rows = store.assignments_of(id).await?;
             let unknown: BTreeSet<QueueId> =
@@ -527,6 +563,7 @@ impl WorkerSession {
             }
             match outcome {
                 Ok((rows, queues)) => {
+                    act.polled_seq = act.polled_seq.max(wanted);
                     for QueueRecord { id, domain, name, .. } in queues {
                         act.queues.insert(id, (domain, name));
                     }
@@ -651,7 +688,7 @@ impl WorkerSession {
                         slot.state = PartitionState::Stopped;
                         slot.actor = None;
                     }
-                    act.poll(ctx);
+                    act.want_poll(ctx);
                 }
                 Err(error) => {
                     warn!(queue = %key.0, partition = %key.1, %epoch, %error, "handoff failed, retrying on the next poll");

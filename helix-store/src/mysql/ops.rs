@@ -630,18 +630,27 @@ pub(super) async fn heartbeat(
 ) -> Res<Heartbeat> {
     let id = bytes(worker);
     let epoch = to_i64(session_epoch.0, "session epoch")?;
-    // The happy path: one statement. Found rows, so 1 means the lease was running.
-    let renewed = diesel::sql_query(
-        "UPDATE helix_workers SET lease_expires_at = NOW(6) + INTERVAL ? MICROSECOND \
-         WHERE id = ? AND session_epoch = ? AND status IN ('ACTIVE', 'DRAINING') AND lease_expires_at >= NOW(6)",
+    // The happy path is this one statement (one round trip): it renews the lease and, in the
+    // same update, brings `seen_version` of the subscriptions whose queue's assignment
+    // version moved in step. Only those subscriptions join (the inner join's condition), so
+    // with found rows the count is 1 (the worker) plus one per moved queue, and 0 when the
+    // lease was not running. Under READ COMMITTED the queues are read without locks.
+    let matched = diesel::sql_query(
+        "UPDATE helix_workers w \
+         LEFT JOIN (helix_subscriptions s JOIN helix_queues q \
+                    ON q.id = s.queue_id AND q.assignment_version <> s.seen_version) \
+         ON s.worker_id = w.id \
+         SET w.lease_expires_at = NOW(6) + INTERVAL ? MICROSECOND, s.seen_version = q.assignment_version \
+         WHERE w.id = ? AND w.session_epoch = ? AND w.status IN ('ACTIVE', 'DRAINING') \
+         AND w.lease_expires_at >= NOW(6)",
     )
     .bind::<BigInt, _>(micros(session_timeout))
     .bind::<Binary, _>(&id)
     .bind::<BigInt, _>(epoch)
     .execute(conn)
     .await?;
-    if renewed > 0 {
-        return Ok(Heartbeat::Renewed);
+    if matched > 0 {
+        return Ok(Heartbeat::Renewed { assignments_moved: matched > 1 });
     }
     let row: Option<HeartbeatRow> = diesel::sql_query(
         "SELECT status, session_epoch, CAST(lease_expires_at < NOW(6) AS SIGNED) AS expired \
