@@ -99,6 +99,8 @@ pub struct CutOffStore {
     state: Arc<AtomicU8>,
     /// Milliseconds every assignment poll's answer takes to come back.
     poll_delay: Arc<AtomicU64>,
+    /// How many assignment polls went through the link.
+    polls: Arc<AtomicU64>,
 }
 
 const CONNECTED: u8 = 0;
@@ -108,7 +110,18 @@ const STALLED: u8 = 2;
 impl CutOffStore {
     /// A link to `inner`, connected.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, state: Arc::new(AtomicU8::new(CONNECTED)), poll_delay: Arc::default() }
+        Self {
+            inner,
+            state: Arc::new(AtomicU8::new(CONNECTED)),
+            poll_delay: Arc::default(),
+            polls: Arc::default(),
+        }
+    }
+
+    /// How many [`Store::assignments_of`] calls (a worker's assignment polls) reached the
+    /// store through this link so far.
+    pub fn polls(&self) -> u64 {
+        self.polls.load(Ordering::SeqCst)
     }
 
     /// Delays the answer of every later [`Store::assignments_of`] by `delay` (on tokio's
@@ -241,7 +254,9 @@ impl Store for CutOffStore {
         self.link().await?.assignments(queue).await
     }
     async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>> {
-        let answer = self.link().await?.assignments_of(worker).await;
+        let store = self.link().await?;
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        let answer = store.assignments_of(worker).await;
         let delay = self.poll_delay.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -253,3 +253,31 @@ async fn a_poll_answered_after_a_fence_and_a_new_session_is_dropped() {
     assert!(stale.is_empty(), "the stale poll started the partition again: {stale:?}");
     cluster.check_invariants().await.expect("invariants");
 }
+
+#[actix::test]
+async fn an_idle_worker_polls_only_when_its_assignments_move_and_still_starts_grants_within_a_heartbeat() {
+    let (mut cluster, queue, owner) = one_owner(ClusterConfig::default(), 4, noop_handler()).await;
+    let interval = cluster.config().heartbeat_interval;
+
+    // Settled and idle: the heartbeat answers that nothing moved, so nothing is polled.
+    let before = owner.link().polls();
+    cluster.advance(interval * 30).await;
+    let idle = owner.link().polls() - before;
+    assert!(idle <= 1, "{idle} polls in 30 idle heartbeats");
+
+    // A change still reaches it within about one heartbeat: a newcomer joins and dies, and
+    // its partitions are granted back to the owner.
+    let newcomer = cluster.add_worker(&[(&queue, 1)], noop_handler());
+    let shared = || async { cluster.loads(&queue).await.expect("loads").len() == 2 };
+    assert!(cluster.wait_until(LIMIT, shared).await, "the newcomer got its share");
+    assert!(cluster.wait_until(LIMIT, || async { cluster.check_settled(&queue).await.is_ok() }).await);
+    cluster.kill(&newcomer);
+    let owned =
+        || async { cluster.partition_map(&queue).await.expect("map").iter().all(|o| *o == Some(owner.id())) };
+    assert!(cluster.wait_until(LIMIT, owned).await, "granted back");
+    let granted = tokio::time::Instant::now();
+    assert!(all_run_on(&cluster, &queue, &owner, LIMIT).await);
+    let took = granted.elapsed();
+    assert!(took <= interval + Duration::from_millis(20), "running {took:?} after the grant");
+    cluster.check_invariants().await.expect("invariants");
+}
