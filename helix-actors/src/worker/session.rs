@@ -299,7 +299,11 @@ impl WorkerSession {
     }
 
     /// Why the session ended, `None` while it runs; the receiver sees the change when it
-    /// ends (take it before starting the actor, or any time while it runs).
+    /// ends. Take it before starting the actor (as [`WorkerBuilder::start`] does for
+    /// [`WorkerHandle::end`]).
+    ///
+    /// [`WorkerBuilder::start`]: crate::node::WorkerBuilder::start
+    /// [`WorkerHandle::end`]: crate::node::WorkerHandle::end
     pub fn ended(&self) -> watch::Receiver<Option<SessionEnd>> {
         self.ended.subscribe()
     }
