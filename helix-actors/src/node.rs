@@ -74,7 +74,7 @@ use crate::coordinator::{
 use crate::store_actor::{DEFAULT_MAX_IN_FLIGHT, StoreActor};
 use crate::worker::{
     GetStatus, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler, RestartPolicy,
-    WorkerSession, WorkerStatusReport,
+    SessionEnd, WorkerSession, WorkerStatusReport,
 };
 
 /// Why a node could not be started or could not answer.
@@ -407,10 +407,11 @@ impl WorkerBuilder {
         let lease = store.register_worker(&registration).await?;
         let session = WorkerSession::new(store, self.config, registration, factory)
             .with_restart_policy(self.policy)
-            .with_registration(lease, sent)
-            .start();
+            .with_registration(lease, sent);
+        let ended = session.ended();
+        let session = session.start();
         tracing::info!(worker = %self.id, "worker started");
-        Ok(WorkerHandle { id: self.id, session })
+        Ok(WorkerHandle { id: self.id, session, ended })
     }
 }
 
@@ -422,6 +423,7 @@ impl WorkerBuilder {
 pub struct WorkerHandle {
     id: WorkerId,
     session: Addr<WorkerSession>,
+    ended: tokio::sync::watch::Receiver<Option<SessionEnd>>,
 }
 
 impl WorkerHandle {
@@ -433,6 +435,25 @@ impl WorkerHandle {
     /// The worker session actor, for sending it messages directly.
     pub fn session(&self) -> &Addr<WorkerSession> {
         &self.session
+    }
+
+    /// Why the worker ended, `None` while it runs. A worker ends by itself only when another
+    /// process registered under its id ([`SessionEnd::Superseded`]).
+    pub fn end(&self) -> Option<SessionEnd> {
+        self.ended.borrow().clone()
+    }
+
+    /// Waits until the worker ends and says why: await it next to the application's own
+    /// shutdown signal, so that a worker superseded by another process under its id stops
+    /// the application rather than leaving it running without partitions.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`] when the worker's actor went away without saying why (its
+    /// actix system stopped).
+    pub async fn ended(&self) -> Result<SessionEnd, NodeError> {
+        let mut ended = self.ended.clone();
+        let end = ended.wait_for(Option::is_some).await.map_err(|_| NodeError::Stopped)?;
+        end.clone().ok_or(NodeError::Stopped)
     }
 
     /// What the worker is doing: its session, whether it is fenced, its partitions.

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use crate::coordinator::{
 };
 use crate::worker::{
     GetStatus, HandlerError, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler,
-    RestartPolicy, WorkerSession, WorkerStatusReport,
+    PartitionState, RestartPolicy, SessionEnd, WorkerSession, WorkerStatusReport,
 };
 
 /// Timings five times faster than the defaults (heartbeat 200 ms, session timeout and lease
@@ -103,6 +103,10 @@ pub struct CutOffStore {
     inner: Arc<dyn Store>,
     state: Arc<AtomicU8>,
     lost: Arc<std::sync::atomic::AtomicUsize>,
+    /// Milliseconds every assignment poll's answer takes to come back.
+    poll_delay: Arc<AtomicU64>,
+    /// How many assignment polls went through the link.
+    polls: Arc<AtomicU64>,
 }
 
 const CONNECTED: u8 = 0;
@@ -112,13 +116,32 @@ const STALLED: u8 = 2;
 impl CutOffStore {
     /// A link to `inner`, connected.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, state: Arc::new(AtomicU8::new(CONNECTED)), lost: Arc::default() }
+        Self {
+            inner,
+            state: Arc::new(AtomicU8::new(CONNECTED)),
+            lost: Arc::default(),
+            poll_delay: Arc::default(),
+            polls: Arc::default(),
+        }
     }
 
     /// The next `calls` calls never answer, whatever happens to the link afterwards: as if
     /// their connection died with the request on the wire. Later calls go through.
     pub fn lose_next(&self, calls: usize) {
         self.lost.store(calls, Ordering::SeqCst);
+    }
+
+    /// How many [`Store::assignments_of`] calls (a worker's assignment polls) reached the
+    /// store through this link so far.
+    pub fn polls(&self) -> u64 {
+        self.polls.load(Ordering::SeqCst)
+    }
+
+    /// Delays the answer of every later [`Store::assignments_of`] by `delay` (on tokio's
+    /// clock) after the store has read it, as a slow network does to a reply: the answer
+    /// describes the rows as they were when read. `Duration::ZERO` ends the delay.
+    pub fn delay_polls(&self, delay: Duration) {
+        self.poll_delay.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Fails every call from now on, until [`restore`](Self::restore).
@@ -247,7 +270,14 @@ impl Store for CutOffStore {
         self.link().await?.assignments(queue).await
     }
     async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>> {
-        self.link().await?.assignments_of(worker).await
+        let store = self.link().await?;
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        let answer = store.assignments_of(worker).await;
+        let delay = self.poll_delay.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        answer
     }
     async fn apply_plan(
         &self,
@@ -517,6 +547,7 @@ pub struct SimWorker {
     id: WorkerId,
     link: CutOffStore,
     session: Addr<WorkerSession>,
+    ended: tokio::sync::watch::Receiver<Option<SessionEnd>>,
 }
 
 impl SimWorker {
@@ -542,6 +573,11 @@ impl SimWorker {
     /// [`SimCluster::stop`]).
     pub async fn status(&self) -> Result<WorkerStatusReport, SimError> {
         Ok(self.session.send(GetStatus).await?)
+    }
+
+    /// Why the worker's session ended, `None` while it runs.
+    pub fn end(&self) -> Option<SessionEnd> {
+        self.ended.borrow().clone()
     }
 }
 
@@ -804,9 +840,10 @@ impl SimCluster {
         };
         let factory = recording(factory, Arc::clone(&self.log), self.clock);
         let session = WorkerSession::new(Arc::new(link.clone()), self.config.clone(), registration, factory)
-            .with_restart_policy(policy)
-            .start();
-        let worker = SimWorker { id, link, session };
+            .with_restart_policy(policy);
+        let ended = session.ended();
+        let session = session.start();
+        let worker = SimWorker { id, link, session, ended };
         self.workers.push(worker.clone());
         worker
     }
@@ -980,7 +1017,12 @@ impl SimCluster {
     /// - each partition's tenures, in the order they started, never go down in epoch, and a
     ///   change of worker always comes with a higher epoch;
     /// - no partition's epoch in the store ever went down between two reads by the kit, and
-    ///   none is below an epoch a handler ran at.
+    ///   none is below an epoch a handler ran at;
+    /// - every partition that is owned and settled runs on its owner, at the store's epoch:
+    ///   `ASSIGNED`, its owner live in the store and a worker of the kit that is neither
+    ///   killed, cut off, fenced nor leaving, and the partition not draining, backing off or
+    ///   failed there. A partition that breaks this is given one session timeout plus two
+    ///   heartbeat intervals (waited for on tokio's clock) to start before it is reported.
     ///
     /// # Errors
     /// [`InvariantViolation`] listing every broken invariant.
@@ -1024,28 +1066,111 @@ impl SimCluster {
                     continue;
                 }
             };
-            let mut epochs = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
-            for row in rows {
-                let key = (row.queue_id, row.partition);
-                if let Some(seen) = before.get(&key).filter(|seen| row.epoch < **seen) {
-                    violations.push(format!(
-                        "queue {queue} partition {}: epoch went down in the store from {seen} to {}",
-                        row.partition, row.epoch
-                    ));
+            {
+                let mut epochs = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
+                for row in rows {
+                    let key = (row.queue_id, row.partition);
+                    if let Some(seen) = before.get(&key).filter(|seen| row.epoch < **seen) {
+                        violations.push(format!(
+                            "queue {queue} partition {}: epoch went down in the store from {seen} to {}",
+                            row.partition, row.epoch
+                        ));
+                    }
+                    if let Some(ran) = by_partition.get(&key).and_then(|l| l.iter().map(|t| t.epoch).max())
+                        && row.epoch < ran
+                    {
+                        violations.push(format!(
+                            "queue {queue} partition {}: store epoch {} below epoch {ran} a handler ran at",
+                            row.partition, row.epoch
+                        ));
+                    }
+                    let seen = epochs.entry(key).or_insert(row.epoch);
+                    *seen = (*seen).max(row.epoch);
                 }
-                if let Some(ran) = by_partition.get(&key).and_then(|l| l.iter().map(|t| t.epoch).max())
-                    && row.epoch < ran
-                {
-                    violations.push(format!(
-                        "queue {queue} partition {}: store epoch {} below epoch {ran} a handler ran at",
-                        row.partition, row.epoch
-                    ));
-                }
-                let seen = epochs.entry(key).or_insert(row.epoch);
-                *seen = (*seen).max(row.epoch);
             }
+            violations.extend(self.idle_owned(queue).await);
         }
         if violations.is_empty() { Ok(()) } else { Err(InvariantViolation { violations }) }
+    }
+
+    /// How long a settled partition may run nowhere before the checker calls it a violation:
+    /// one session timeout plus two heartbeat intervals (a new owner starts a grant on its
+    /// next assignment poll).
+    fn idle_grace(&self) -> Duration {
+        self.config.session_timeout + self.config.heartbeat_interval * 2
+    }
+
+    /// The partitions of `queue` that are owned and settled (`ASSIGNED`, owner live in the
+    /// store and running here: not killed, cut off, fenced or leaving, and the partition not
+    /// draining, backing off or failed on it) yet run nowhere, or elsewhere, or at another
+    /// epoch, and stay so for [`idle_grace`](Self::idle_grace). One line each.
+    async fn idle_owned(&self, queue: QueueId) -> Vec<String> {
+        let deadline = Instant::now() + self.idle_grace();
+        loop {
+            let found = match self.idle_owned_now(queue).await {
+                Ok(found) => found,
+                Err(err) => return vec![format!("queue {queue}: could not check who runs what: {err}")],
+            };
+            if found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn idle_owned_now(&self, queue: QueueId) -> Result<Vec<String>, SimError> {
+        let rows = self.store.assignments(queue).await?.rows;
+        let live: BTreeSet<WorkerId> =
+            self.store.list_workers(WorkerFilter::Live).await?.iter().map(|w| w.id).collect();
+        let owners: BTreeSet<WorkerId> = rows
+            .iter()
+            .filter(|r| r.state == AssignmentState::Assigned)
+            .filter_map(|r| r.owner)
+            .filter(|o| !self.killed.contains(o) && live.contains(o))
+            .collect();
+        let mut statuses: BTreeMap<WorkerId, WorkerStatusReport> = BTreeMap::new();
+        for owner in owners {
+            // The latest session under that id that still runs, if it is reachable.
+            let worker = self.workers.iter().rev().find(|w| w.id == owner && w.session.connected());
+            if let Some(w) = worker.filter(|w| !w.link.is_cut_off())
+                && let Ok(status) = w.session.send(GetStatus).await
+            {
+                statuses.insert(owner, status);
+            }
+        }
+        let tenures = self.tenures();
+        let mut found = Vec::new();
+        for row in rows {
+            let Some(owner) = row.owner.filter(|_| row.state == AssignmentState::Assigned) else {
+                continue;
+            };
+            let Some(status) = statuses.get(&owner) else {
+                continue;
+            };
+            let busy = status.partitions.iter().any(|p| {
+                p.queue == queue
+                    && p.partition == row.partition
+                    && matches!(
+                        p.state,
+                        PartitionState::Draining | PartitionState::Backoff | PartitionState::Failed
+                    )
+            });
+            if status.fenced || status.leaving || busy {
+                continue;
+            }
+            let running: Vec<(WorkerId, Epoch)> = tenures
+                .iter()
+                .filter(|t| t.queue == queue && t.partition == row.partition && t.is_running())
+                .map(|t| (t.worker, t.epoch))
+                .collect();
+            if running != [(owner, row.epoch)] {
+                found.push(format!(
+                    "queue {queue} partition {}: owned and settled (owner {owner}, epoch {}) but runs on {running:?}",
+                    row.partition, row.epoch
+                ));
+            }
+        }
+        Ok(found)
     }
 
     /// Checks that `queue` has settled: every partition owned in the store by a live worker

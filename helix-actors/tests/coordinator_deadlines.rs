@@ -394,7 +394,7 @@ fn worker_on(h: &Harness, queues: &[QueueId]) -> (WorkerId, tokio::task::JoinHan
         let mut session = store.register_worker(&registration).await.expect("register").session_epoch;
         loop {
             match store.heartbeat(id, session, config.session_timeout).await {
-                Ok(Heartbeat::Renewed) | Err(_) => {}
+                Ok(Heartbeat::Renewed { .. }) | Err(_) => {}
                 Ok(_) => {
                     if let Ok(lease) = store.register_worker(&registration).await {
                         session = lease.session_epoch;

@@ -230,7 +230,7 @@ async fn an_expired_heartbeat_stops_every_partition_and_registers_again() {
     store
         .expect_heartbeat()
         .withf(move |worker, session, _| *worker == me && *session == SessionEpoch(2))
-        .returning(|_, _, _| Ok(Heartbeat::Renewed));
+        .returning(|_, _, _| Ok(Heartbeat::Renewed { assignments_moved: true }));
     // The store keeps saying the worker owns the partition: only the heartbeat can stop it.
     store
         .expect_assignments_of()

@@ -180,7 +180,7 @@ async fn heartbeats(
                 let mut count = 0u64;
                 while Instant::now() < deadline {
                     match store.heartbeat(id, epoch, LONG).await {
-                        Ok(helix_store::Heartbeat::Renewed) => count += 1,
+                        Ok(helix_store::Heartbeat::Renewed { .. }) => count += 1,
                         Ok(other) => return Err(format!("heartbeat answered {other:?}")),
                         Err(err) => return Err(err.to_string()),
                     }

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             a_new_session_supersedes_the_old,
             dead_workers_are_marked_and_come_back_with_a_new_session,
             worker_status_moves_between_active_and_draining,
+            a_heartbeat_says_when_subscribed_assignments_moved,
             term_grows_only_on_a_change_of_holder,
             an_expired_lease_changes_hands_with_a_higher_term,
             racing_contenders_get_exactly_one_leader,
@@ -315,7 +316,10 @@ pub async fn register_and_heartbeat(b: &dyn Backend) {
         w.subscriptions,
         vec![Subscription { queue_id: q1.id, capacity: 1 }, Subscription { queue_id: q2.id, capacity: 3 }]
     );
-    assert_eq!(store.heartbeat(id, SessionEpoch(1), LONG).await.expect("heartbeat"), Heartbeat::Renewed);
+    assert!(matches!(
+        store.heartbeat(id, SessionEpoch(1), LONG).await.expect("heartbeat"),
+        Heartbeat::Renewed { .. }
+    ));
     let live: Vec<_> =
         store.list_workers(WorkerFilter::Live).await.expect("live").into_iter().map(|w| w.id).collect();
     assert_eq!(live, vec![id]);
@@ -353,7 +357,10 @@ pub async fn lease_expiry_follows_the_store_clock(b: &dyn Backend) {
     let store = b.store();
     let (id, session) = register(&*store, &[], SHORT).await;
     let (other, other_session) = register(&*store, &[], LONG).await;
-    assert_eq!(store.heartbeat(id, session, SHORT).await.expect("heartbeat"), Heartbeat::Renewed);
+    assert!(matches!(
+        store.heartbeat(id, session, SHORT).await.expect("heartbeat"),
+        Heartbeat::Renewed { .. }
+    ));
     b.advance(PAST_SHORT).await;
     let expired: Vec<_> =
         store.list_workers(WorkerFilter::Expired).await.expect("list").into_iter().map(|w| w.id).collect();
@@ -363,7 +370,10 @@ pub async fn lease_expiry_follows_the_store_clock(b: &dyn Backend) {
     assert_eq!(live, vec![other]);
     assert_eq!(store.heartbeat(id, session, LONG).await.expect("late heartbeat"), Heartbeat::Expired);
     assert_eq!(store.heartbeat(id, session, LONG).await.expect("again"), Heartbeat::Expired, "not revived");
-    assert_eq!(store.heartbeat(other, other_session, LONG).await.expect("heartbeat"), Heartbeat::Renewed);
+    assert!(matches!(
+        store.heartbeat(other, other_session, LONG).await.expect("heartbeat"),
+        Heartbeat::Renewed { .. }
+    ));
     assert_eq!(store.list_workers(WorkerFilter::All).await.expect("all").len(), 2);
 }
 
@@ -409,7 +419,10 @@ pub async fn a_new_session_supersedes_the_old(b: &dyn Backend) {
     let second = store.register_worker(&registration(id, &[&q2], LONG)).await.expect("second");
     assert_eq!(second.session_epoch, first.session_epoch.next());
     assert_eq!(store.heartbeat(id, first.session_epoch, LONG).await.expect("old"), Heartbeat::Superseded);
-    assert_eq!(store.heartbeat(id, second.session_epoch, LONG).await.expect("new"), Heartbeat::Renewed);
+    assert!(matches!(
+        store.heartbeat(id, second.session_epoch, LONG).await.expect("new"),
+        Heartbeat::Renewed { .. }
+    ));
     assert_fenced(store.deregister_worker(id, first.session_epoch).await, "deregistering an old session");
     let w = store.get_worker(id).await.expect("get");
     assert_eq!(
@@ -444,10 +457,10 @@ pub async fn dead_workers_are_marked_and_come_back_with_a_new_session(b: &dyn Ba
 
     let lease = store.register_worker(&registration(dying, &[], LONG)).await.expect("register again");
     assert_eq!(lease.session_epoch, session.next());
-    assert_eq!(
+    assert!(matches!(
         store.heartbeat(dying, lease.session_epoch, LONG).await.expect("heartbeat"),
-        Heartbeat::Renewed
-    );
+        Heartbeat::Renewed { .. }
+    ));
     assert_eq!(store.get_worker(dying).await.expect("get").status, WorkerStatus::Active);
 }
 
@@ -458,9 +471,8 @@ pub async fn worker_status_moves_between_active_and_draining(b: &dyn Backend) {
     let (id, session) = register(&*store, &[], SHORT).await;
     store.set_worker_status(id, session, WorkerStatus::Draining).await.expect("draining");
     assert_eq!(store.get_worker(id).await.expect("get").status, WorkerStatus::Draining);
-    assert_eq!(
-        store.heartbeat(id, session, SHORT).await.expect("heartbeat"),
-        Heartbeat::Renewed,
+    assert!(
+        matches!(store.heartbeat(id, session, SHORT).await.expect("heartbeat"), Heartbeat::Renewed { .. }),
         "draining renews"
     );
     let live = store.list_workers(WorkerFilter::Live).await.expect("live");
@@ -471,6 +483,44 @@ pub async fn worker_status_moves_between_active_and_draining(b: &dyn Backend) {
     assert_fenced(store.set_worker_status(id, session.next(), WorkerStatus::Draining).await, "wrong session");
     b.advance(PAST_SHORT).await;
     assert_fenced(store.set_worker_status(id, session, WorkerStatus::Draining).await, "expired session");
+}
+
+/// A renewal says whether the assignment version of a queue the worker subscribes to moved
+/// since the session's previous renewal: on the first renewal of a session with
+/// subscriptions, after any assignment write to a subscribed queue (a grant, a revocation, a
+/// handoff), never for unsubscribed queues nor for a worker without subscriptions.
+pub async fn a_heartbeat_says_when_subscribed_assignments_moved(b: &dyn Backend) {
+    let store = b.store();
+    let (q1, q2) = (make_queue(&*store, "d", "q1", 2).await, make_queue(&*store, "d", "q2", 2).await);
+    let other_queue = make_queue(&*store, "d", "q3", 1).await;
+    let (id, session) = register(&*store, &[&q1, &q2], LONG).await;
+    let (idle, idle_session) = register(&*store, &[], LONG).await;
+    let fence = lead(&*store, "main").await;
+    let moved = |answer: Heartbeat| match answer {
+        Heartbeat::Renewed { assignments_moved } => assignments_moved,
+        other => panic!("not renewed: {other:?}"),
+    };
+    let beat = || async { moved(store.heartbeat(id, session, LONG).await.expect("heartbeat")) };
+
+    assert!(beat().await, "the first renewal of a session reports a move");
+    assert!(!beat().await, "nothing moved since");
+    store.apply_plan(&fence, other_queue.id, &[grant(0, 0, idle)]).await.expect("grant elsewhere");
+    assert!(!beat().await, "a queue it does not serve");
+    store.apply_plan(&fence, q1.id, &[grant(0, 0, id)]).await.expect("grant");
+    assert!(beat().await, "a grant in a subscribed queue");
+    assert!(!beat().await, "reported once");
+    store.apply_plan(&fence, q2.id, &[grant(1, 0, id)]).await.expect("grant");
+    store.apply_plan(&fence, q2.id, &[revoke(1, 1, idle)]).await.expect("revoke");
+    assert!(beat().await, "two writes, one report");
+    assert!(!beat().await);
+    store.handoff(q2.id, PartitionId(1), id, Epoch(1)).await.expect("handoff");
+    assert!(beat().await, "a handoff");
+    assert!(!moved(store.heartbeat(idle, idle_session, LONG).await.expect("heartbeat")), "no subscriptions");
+
+    store.deregister_worker(id, session).await.expect("deregister");
+    let again = store.register_worker(&registration(id, &[&q1], LONG)).await.expect("a new session");
+    assert!(moved(store.heartbeat(id, again.session_epoch, LONG).await.expect("heartbeat")), "a new session");
+    assert!(!moved(store.heartbeat(id, again.session_epoch, LONG).await.expect("heartbeat")));
 }
 
 // ---- coordinator lease --------------------------------------------------------------------
@@ -1343,7 +1393,7 @@ pub async fn a_live_worker_id_cannot_register_again(b: &dyn Backend) {
         other => panic!("a live id registered again: {other:?}"),
     }
     assert!(!refused.expect_err("refused").is_retryable(), "not retried by the store");
-    assert_eq!(store.heartbeat(id, first.session_epoch, LONG).await.expect("hb"), Heartbeat::Renewed);
+    assert!(matches!(store.heartbeat(id, first.session_epoch, LONG).await.expect("hb"), Heartbeat::Renewed { .. }));
     let w = store.get_worker(id).await.expect("get");
     assert_eq!(
         (w.session_epoch, w.subscriptions.len()),

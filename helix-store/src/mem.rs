@@ -47,6 +47,9 @@ struct Inner {
     events: Vec<Event>,
     next_event_id: u64,
     tasks: tasks::TaskTables,
+    /// Per worker, the session and the assignment versions its last renewal saw (the SQL
+    /// stores' `helix_subscriptions.seen_version`).
+    seen_versions: BTreeMap<WorkerId, (SessionEpoch, BTreeMap<QueueId, u64>)>,
 }
 
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -345,7 +348,18 @@ impl Store for MemStore {
         };
         if w.session_epoch == session_epoch && w.status.in_session() && w.lease_expires_at >= now {
             w.lease_expires_at = after(now, session_timeout);
-            return Ok(Heartbeat::Renewed);
+            let subscribed: Vec<QueueId> = w.subscriptions.iter().map(|sub| sub.queue_id).collect();
+            let current: BTreeMap<QueueId, u64> = subscribed
+                .iter()
+                .filter_map(|q| s.queues.get(q).map(|record| (*q, record.assignment_version)))
+                .collect();
+            let seen = s.seen_versions.entry(worker).or_insert_with(|| (session_epoch, BTreeMap::new()));
+            if seen.0 != session_epoch {
+                *seen = (session_epoch, BTreeMap::new());
+            }
+            let assignments_moved = current.iter().any(|(q, v)| seen.1.get(q) != Some(v));
+            seen.1 = current;
+            return Ok(Heartbeat::Renewed { assignments_moved });
         }
         Ok(rules::classify_heartbeat(
             Some((w.status, w.session_epoch, w.lease_expires_at < now)),

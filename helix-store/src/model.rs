@@ -254,7 +254,14 @@ pub struct WorkerLease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Heartbeat {
     /// The lease was renewed for another session timeout.
-    Renewed,
+    Renewed {
+        /// Whether the assignment version of a queue the worker subscribes to moved since the
+        /// previous renewal of this session (always `true` on the first renewal of a session
+        /// with subscriptions, never for a worker without any). A worker that keeps its own
+        /// rows in step with the store needs to read them again only when this is `true`: no
+        /// assignment write leaves the version alone.
+        assignments_moved: bool,
+    },
     /// The lease had already run out (or the worker was declared dead): the worker must stop
     /// its partitions and register again.
     Expired,

@@ -47,5 +47,5 @@ mod session;
 pub use handler::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler};
 pub use session::{
     GetStatus, Kill, Leave, LeaveOutcome, PartitionKey, PartitionState, PartitionStatus, RestartPolicy,
-    WorkerSession, WorkerStatusReport,
+    SessionEnd, WorkerSession, WorkerStatusReport,
 };

@@ -11,6 +11,7 @@ use helix_store::{
     AssignmentRecord, AssignmentState, Heartbeat, QueueRecord, Store, StoreError, StoreResult, WorkerLease,
     WorkerRegistration, WorkerStatus,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -65,7 +66,8 @@ pub enum PartitionState {
     Backoff,
     /// It is being drained and handed over (or released).
     Draining,
-    /// It was drained but the handoff did not reach the store; retried on the next poll.
+    /// It was drained but the handoff did not reach the store, or came back fenced; the next
+    /// poll hands it over again, runs it again (a cancelled revocation) or drops it (moved on).
     Stopped,
     /// Its handler failed too often; it stays stopped until the store records it as failed
     /// (see [`RestartPolicy`]).
@@ -151,6 +153,36 @@ pub struct LeaveOutcome {
     pub deregistered: bool,
 }
 
+/// Why a [`WorkerSession`] ended. Read it with [`WorkerSession::ended`] (or
+/// [`WorkerHandle::ended`](crate::node::WorkerHandle::ended)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// It left: after [`Leave`], or when its actor was stopped.
+    Left,
+    /// It was stopped the way a crash would ([`Kill`]).
+    Killed,
+    /// Another process registered under this worker's id (DESIGN §4 rule 8: one process per
+    /// identity). The session stopped every partition at once, logged it at error level, and
+    /// will not register again by itself: two processes under one id would take turns owning
+    /// everything. Give each process its own id, or start the replacement only once this one
+    /// has left or its lease has run out.
+    Superseded {
+        /// The worker.
+        worker: WorkerId,
+        /// The session that was superseded (this process's last session).
+        session_epoch: SessionEpoch,
+    },
+}
+
+/// What a request a session sends was sent under: the session and the fence generation.
+/// An answer that comes back under another stamp is dropped (DESIGN §4 rule 10): it was
+/// read or decided for a session, or a stretch of trusted lease, that is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    session: Option<SessionEpoch>,
+    fence: u64,
+}
+
 struct Slot {
     epoch: Epoch,
     generation: u64,
@@ -168,13 +200,28 @@ struct Slot {
 ///   worker runs partitions only until `sent + session_timeout − safety_margin`. If no renewal
 ///   moved that instant, every partition is stopped there, before the store can find the
 ///   lease expired.
-/// - **A lost session stops everything.** A heartbeat answered `Expired`, `Superseded`,
-///   `Deregistered` or `Unknown` stops every partition at once, then the worker registers
-///   again under a new session epoch.
+/// - **A lost session stops everything.** A heartbeat answered `Expired`, `Deregistered` or
+///   `Unknown` stops every partition at once, then the worker registers again under a new
+///   session epoch.
+/// - **One process per id.** A heartbeat answered `Superseded` (another process registered
+///   under this id), or a refused re-registration while another process's newer session of
+///   this id exists, stops every partition at once and the session for good: it logs an
+///   error naming the id, reports [`SessionEnd::Superseded`] through
+///   [`ended`](Self::ended), and never registers again. A first registration refused because
+///   the id's previous session is still live is tried again on every tick, until that lease
+///   runs out or its session deregisters.
+/// - **Stale answers are dropped.** Every request (heartbeat, poll, handoff, failure report)
+///   is stamped with the session epoch and the fence generation it was sent under; an
+///   answer that comes back under another session, or after the session fenced itself, is
+///   dropped (a poll read before a fence must not start a partition after it).
 /// - **Acknowledged handoff.** A partition the coordinator marked `REVOKING` is drained
 ///   (`revoked`, at most `drain_timeout`) and then handed over with one epoch-fenced update.
 ///
-/// Heartbeats and polls run every `heartbeat_interval`; each never overlaps itself. Store
+/// Heartbeats run every `heartbeat_interval` and never overlap themselves. The assignment
+/// poll runs only when something may have changed: after a registration, when a heartbeat
+/// answers that the assignment version of a subscribed queue moved, after a fenced handoff,
+/// and on every tick while a poll failed or a partition waits for a retry. An idle worker
+/// therefore costs the store one heartbeat (one statement on MySQL) per interval. Store
 /// errors are logged and the step is tried again on the next tick; self-fencing still applies.
 /// The session and its partition actors run on the arbiter that started the session. Its
 /// timers keep it alive when every address is dropped: send [`Leave`] to stop it.
@@ -204,6 +251,16 @@ pub struct WorkerSession {
     /// A session registered before the actor started ([`WorkerSession::with_registration`]),
     /// with the instant its registration was sent.
     registered: Option<(WorkerLease, Instant)>,
+    /// Bumped whenever the session stops trusting its lease (self-fencing, a lost session):
+    /// with the session epoch it stamps every request ([`Stamp`]).
+    fence_generation: u64,
+    /// The last session this process held, to recognise a newer one of another process.
+    last_session: Option<SessionEpoch>,
+    /// Bumped for every reason to poll; `polled_seq` is the highest one a successful poll
+    /// started after. A poll is owed while they differ.
+    poll_wanted_seq: u64,
+    polled_seq: u64,
+    ended: watch::Sender<Option<SessionEnd>>,
 }
 
 impl WorkerSession {
@@ -237,6 +294,11 @@ impl WorkerSession {
             queues: BTreeMap::new(),
             next_generation: 0,
             registered: None,
+            fence_generation: 0,
+            last_session: None,
+            poll_wanted_seq: 0,
+            polled_seq: 0,
+            ended: watch::channel(None).0,
         }
     }
 
@@ -247,6 +309,40 @@ impl WorkerSession {
     pub fn with_registration(mut self, lease: WorkerLease, sent: Instant) -> Self {
         self.registered = Some((lease, sent));
         self
+    }
+
+    /// Why the session ended, `None` while it runs; the receiver sees the change when it
+    /// ends. Take it before starting the actor (as [`WorkerBuilder::start`] does for
+    /// [`WorkerHandle::end`]).
+    ///
+    /// [`WorkerBuilder::start`]: crate::node::WorkerBuilder::start
+    /// [`WorkerHandle::end`]: crate::node::WorkerHandle::end
+    pub fn ended(&self) -> watch::Receiver<Option<SessionEnd>> {
+        self.ended.subscribe()
+    }
+
+    /// Records why the session ended, unless an earlier reason was recorded.
+    fn end(&self, end: SessionEnd) {
+        self.ended.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(end);
+            true
+        });
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp { session: self.session, fence: self.fence_generation }
+    }
+
+    /// Whether an answer to a request sent under `stamp` may still be applied; logs the drop.
+    fn still_current(&self, stamp: Stamp, what: &'static str) -> bool {
+        let current = self.stamp() == stamp;
+        if !current {
+            debug!(worker = %self.id(), what, "dropping an answer sent under an earlier session or fence");
+        }
+        current
     }
 
     /// Replaces the default [`RestartPolicy`].
@@ -270,6 +366,24 @@ impl WorkerSession {
             return;
         }
         self.renew(ctx);
+        // Partitions waiting for a retry (a handoff or a failure report that did not reach
+        // the store) are retried on every tick; otherwise the heartbeat says when to poll.
+        let pending =
+            !self.failed.is_empty() || self.slots.values().any(|s| s.state == PartitionState::Stopped);
+        if pending || self.poll_owed() {
+            self.poll(ctx);
+        }
+    }
+
+    /// Whether something happened that only a poll can bring in: a registration, a moved
+    /// assignment version, a fenced handoff, a failed poll.
+    fn poll_owed(&self) -> bool {
+        self.polled_seq < self.poll_wanted_seq
+    }
+
+    /// Asks for a poll and starts it now when possible.
+    fn want_poll(&mut self, ctx: &mut Context<Self>) {
+        self.poll_wanted_seq += 1;
         self.poll(ctx);
     }
 
@@ -289,17 +403,25 @@ impl WorkerSession {
         let (id, timeout) = (self.id(), self.config.session_timeout);
         // Taken before the statement is sent: the store's expiry is at least `sent + timeout`.
         let sent = Instant::now();
+        let stamp = self.stamp();
         let heartbeat = async move { store.heartbeat(id, session, timeout).await };
         ctx.spawn(heartbeat.into_actor(self).map(move |outcome, act, ctx| {
             act.lease_busy = false;
-            if act.session != Some(session) {
+            if !act.still_current(stamp, "heartbeat") {
                 return;
             }
             match outcome {
-                Ok(Heartbeat::Renewed) => act.renewed(sent, ctx),
+                Ok(Heartbeat::Renewed { assignments_moved }) => {
+                    act.renewed(sent, ctx);
+                    if assignments_moved {
+                        act.want_poll(ctx);
+                    }
+                }
+                Ok(Heartbeat::Superseded) => act.superseded(session, ctx),
                 Ok(answer) => {
                     warn!(worker = %act.id(), session_epoch = %session, ?answer, "session lost, stopping every partition");
                     act.stop_all("session lost");
+                    act.fence_generation += 1;
                     act.session = None;
                     act.fenced_at = None;
                     if !act.leaving {
@@ -328,12 +450,67 @@ impl WorkerSession {
                 Ok(lease) => {
                     info!(worker = %act.id(), session_epoch = %lease.session_epoch, "worker registered");
                     act.session = Some(lease.session_epoch);
+                    act.last_session = Some(lease.session_epoch);
                     act.renewed(sent, ctx);
-                    act.poll(ctx);
+                    act.want_poll(ctx);
                 }
-                Err(error) => warn!(worker = %act.id(), %error, "registration failed"),
+                Err(error) => {
+                    // Refused while another session of this id is live (a process restarted
+                    // under a stable id, before the old lease ran out): try again on every
+                    // tick until the old lease runs out or its session deregisters. If this
+                    // process held a session before, the live one may be another process's
+                    // newer session: then this one is superseded.
+                    warn!(worker = %act.id(), %error, "registration failed, trying again on the next tick");
+                    if let Some(last) = act.last_session.filter(|_| !error.is_retryable()) {
+                        act.check_superseded(last, ctx);
+                    }
+                }
             }
         }));
+    }
+
+    /// After a refused re-registration: reads the worker's row, and when a newer session than
+    /// `last` exists that another process registered (another host or pid), stops for good
+    /// as superseded.
+    fn check_superseded(&mut self, last: SessionEpoch, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.store);
+        let id = self.id();
+        let stamp = self.stamp();
+        let read = async move { store.get_worker(id).await };
+        ctx.spawn(read.into_actor(self).map(move |outcome, act, ctx| {
+            if !act.still_current(stamp, "worker read") || act.left {
+                return;
+            }
+            match outcome {
+                Ok(record)
+                    if record.session_epoch > last
+                        && (record.host != act.registration.host || record.pid != act.registration.pid) =>
+                {
+                    act.superseded(last, ctx);
+                }
+                Ok(_) => {}
+                Err(error) => warn!(worker = %act.id(), %error, "could not read the worker after a refused registration"),
+            }
+        }));
+    }
+
+    /// Another process registered under this id: stop every partition at once, report it,
+    /// and stop for good (never register again: DESIGN §4 rule 8).
+    fn superseded(&mut self, session: SessionEpoch, ctx: &mut Context<Self>) {
+        error!(
+            worker = %self.id(),
+            session_epoch = %session,
+            partitions = self.slots.len(),
+            "another process registered under this worker id: session superseded, stopping every partition and the worker for good"
+        );
+        self.stop_all("superseded");
+        self.fence_generation += 1;
+        self.session = None;
+        self.fenced_at = None;
+        // `left` keeps `stopping` from leaving gracefully: the rows belong to the new session.
+        self.left = true;
+        self.end(SessionEnd::Superseded { worker: self.id(), session_epoch: session });
+        ctx.stop();
     }
 
     /// A renewal sent at `sent` succeeded: trust the lease until `sent + timeout − margin`.
@@ -350,7 +527,13 @@ impl WorkerSession {
         let wait = fenced_at.saturating_duration_since(Instant::now());
         self.fence_timer = Some(ctx.run_later(wait, |act, _| {
             act.fence_timer = None;
-            if act.is_fenced() && !act.slots.is_empty() {
+            if !act.is_fenced() {
+                return;
+            }
+            act.fence_generation += 1;
+            // Once a renewal lifts the fence, a poll brings back what is still owned.
+            act.poll_wanted_seq += 1;
+            if !act.slots.is_empty() {
                 warn!(worker = %act.id(), "lease not renewed in time, fencing: stopping every partition");
                 act.stop_all("self-fenced");
             }
@@ -375,6 +558,8 @@ impl WorkerSession {
         let store = Arc::clone(&self.store);
         let id = self.id();
         let known: BTreeSet<QueueId> = self.queues.keys().copied().collect();
+        let stamp = self.stamp();
+        let wanted = self.poll_wanted_seq;
         let poll = async move {
             let rows = store.assignments_of(id).await?;
             let unknown: BTreeSet<QueueId> =
@@ -388,10 +573,14 @@ impl WorkerSession {
             }
             StoreResult::Ok((rows, queues))
         };
-        ctx.spawn(poll.into_actor(self).map(|outcome, act, ctx| {
+        ctx.spawn(poll.into_actor(self).map(move |outcome, act, ctx| {
             act.poll_busy = false;
+            if !act.still_current(stamp, "assignment poll") {
+                return;
+            }
             match outcome {
                 Ok((rows, queues)) => {
+                    act.polled_seq = act.polled_seq.max(wanted);
                     for QueueRecord { id, domain, name, .. } in queues {
                         act.queues.insert(id, (domain, name));
                     }
@@ -485,6 +674,7 @@ impl WorkerSession {
         info!(queue = %key.0, partition = %key.1, %epoch, "partition revoked, draining");
         let store = Arc::clone(&self.store);
         let id = self.id();
+        let stamp = self.stamp();
         let handoff = async move {
             if let Some(actor) = actor {
                 // An error means the actor already stopped: nothing left to drain.
@@ -492,7 +682,10 @@ impl WorkerSession {
             }
             store.handoff(key.0, key.1, id, epoch).await
         };
-        ctx.spawn(handoff.into_actor(self).map(move |outcome, act, _| {
+        ctx.spawn(handoff.into_actor(self).map(move |outcome, act, ctx| {
+            if !act.still_current(stamp, "handoff") {
+                return;
+            }
             let current = act.slots.get(&key).is_some_and(|s| s.generation == generation);
             match outcome {
                 Ok(new_epoch) => {
@@ -503,11 +696,16 @@ impl WorkerSession {
                     }
                 }
                 Err(StoreError::Fenced(reason)) => {
-                    info!(queue = %key.0, partition = %key.1, %epoch, %reason, "handoff fenced, partition already moved");
-                    act.given_up.insert(key, epoch);
-                    if current {
-                        act.slots.remove(&key);
+                    // The row is no longer (me, epoch, REVOKING): the revocation was cancelled
+                    // (by the revoke timeout, or because its target died), or the partition
+                    // moved on. Which one only the row says: read it again and run what is
+                    // still ours (an `ASSIGNED` row restarts at its epoch), drop the rest.
+                    info!(queue = %key.0, partition = %key.1, %epoch, %reason, "handoff fenced, reading the partition again");
+                    if let Some(slot) = act.slots.get_mut(&key).filter(|_| current) {
+                        slot.state = PartitionState::Stopped;
+                        slot.actor = None;
                     }
+                    act.want_poll(ctx);
                 }
                 Err(error) => {
                     warn!(queue = %key.0, partition = %key.1, %epoch, %error, "handoff failed, retrying on the next poll");
@@ -574,8 +772,12 @@ impl WorkerSession {
         let (epoch, generation) = (slot.epoch, slot.generation);
         let store = Arc::clone(&self.store);
         let (id, detail) = (self.id(), detail.clone());
+        let stamp = self.stamp();
         let report = async move { store.fail_partition(key.0, key.1, id, epoch, &detail).await };
         ctx.spawn(report.into_actor(self).map(move |outcome, act, _| {
+            if !act.still_current(stamp, "failure report") {
+                return;
+            }
             let current = act.slots.get(&key).is_some_and(|s| s.generation == generation);
             let given_up = match outcome {
                 Ok(_) => {
@@ -684,6 +886,7 @@ impl WorkerSession {
             act.session = None;
             act.fenced_at = None;
             act.stop_all("left");
+            act.end(SessionEnd::Left);
             ctx.stop();
             outcome
         })
@@ -718,6 +921,10 @@ impl Actor for WorkerSession {
         }
         Running::Continue
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.end(SessionEnd::Left);
+    }
 }
 
 impl Handler<GetStatus> for WorkerSession {
@@ -750,6 +957,7 @@ impl Handler<Kill> for WorkerSession {
         self.session = None;
         self.fenced_at = None;
         self.stop_all("killed");
+        self.end(SessionEnd::Killed);
         ctx.stop();
     }
 }

@@ -743,6 +743,44 @@ async fn adopt(conn: &mut Conn, worker: WorkerId, session_epoch: SessionEpoch) -
     insert_events(conn, &events).await
 }
 
+/// The heartbeat's renewal: renews the lease and, in the same update, brings `seen_version`
+/// of the subscriptions whose queue's assignment version moved in step. Only those
+/// subscriptions join (the inner join's condition), so with found rows the count is 1 (the
+/// worker) plus one per moved queue, and 0 when the lease was not running. Under READ
+/// COMMITTED the queues are read without locks.
+///
+/// A query of its own rather than `sql_query`, which diesel never caches: with a static query
+/// id the connection prepares it once, and each heartbeat is one execute (one round trip).
+struct RenewSession {
+    session_timeout_us: i64,
+    worker: Vec<u8>,
+    session_epoch: i64,
+}
+
+impl diesel::query_builder::QueryId for RenewSession {
+    type QueryId = Self;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::QueryFragment<Mysql> for RenewSession {
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql(
+            "UPDATE helix_workers w \
+             LEFT JOIN (helix_subscriptions s JOIN helix_queues q \
+                        ON q.id = s.queue_id AND q.assignment_version <> s.seen_version) \
+             ON s.worker_id = w.id \
+             SET w.lease_expires_at = NOW(6) + INTERVAL ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.session_timeout_us)?;
+        out.push_sql(" MICROSECOND, s.seen_version = q.assignment_version WHERE w.id = ");
+        out.push_bind_param::<Binary, _>(&self.worker)?;
+        out.push_sql(" AND w.session_epoch = ");
+        out.push_bind_param::<BigInt, _>(&self.session_epoch)?;
+        out.push_sql(" AND w.status IN ('ACTIVE', 'DRAINING') AND w.lease_expires_at >= NOW(6)");
+        Ok(())
+    }
+}
+
 pub(super) async fn heartbeat(
     conn: &mut Conn,
     worker: WorkerId,
@@ -751,18 +789,15 @@ pub(super) async fn heartbeat(
 ) -> Res<Heartbeat> {
     let id = bytes(worker);
     let epoch = to_i64(session_epoch.0, "session epoch")?;
-    // The happy path: one statement. Found rows, so 1 means the lease was running.
-    let renewed = diesel::sql_query(
-        "UPDATE helix_workers SET lease_expires_at = NOW(6) + INTERVAL ? MICROSECOND \
-         WHERE id = ? AND session_epoch = ? AND status IN ('ACTIVE', 'DRAINING') AND lease_expires_at >= NOW(6)",
-    )
-    .bind::<BigInt, _>(micros(session_timeout))
-    .bind::<Binary, _>(&id)
-    .bind::<BigInt, _>(epoch)
-    .execute(conn)
-    .await?;
-    if renewed > 0 {
-        return Ok(Heartbeat::Renewed);
+    // The happy path is this one statement, one round trip once its prepared form is cached.
+    let renew = RenewSession {
+        session_timeout_us: micros(session_timeout),
+        worker: id.clone(),
+        session_epoch: epoch,
+    };
+    let matched = renew.execute(conn).await?;
+    if matched > 0 {
+        return Ok(Heartbeat::Renewed { assignments_moved: matched > 1 });
     }
     let row: Option<HeartbeatRow> = diesel::sql_query(
         "SELECT status, session_epoch, CAST(lease_expires_at < NOW(6) AS SIGNED) AS expired \

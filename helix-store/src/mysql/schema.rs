@@ -41,6 +41,7 @@ diesel::table! {
         worker_id -> Binary,
         queue_id -> BigInt,
         capacity -> Integer,
+        seen_version -> BigInt,
     }
 }
 

@@ -1096,7 +1096,16 @@ impl Store for SqliteStore {
             .bind::<BigInt, _>(epoch)
             .execute(conn)?;
             if renewed == 1 {
-                return Ok(Heartbeat::Renewed);
+                // Brings the versions this session saw in step; any row changed means moved.
+                let moved = sql_query(
+                    "UPDATE helix_subscriptions SET seen_version = \
+                     (SELECT q.assignment_version FROM helix_queues q WHERE q.id = helix_subscriptions.queue_id) \
+                     WHERE worker_id = ? AND seen_version <> \
+                     (SELECT q.assignment_version FROM helix_queues q WHERE q.id = helix_subscriptions.queue_id)",
+                )
+                .bind::<Binary, _>(worker.as_bytes().as_slice())
+                .execute(conn)?;
+                return Ok(Heartbeat::Renewed { assignments_moved: moved > 0 });
             }
             let row: Option<SessionRow> = sql_query(concat!(
                 "SELECT status, session_epoch, lease_expires_at < ",

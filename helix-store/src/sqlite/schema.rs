@@ -40,6 +40,7 @@ diesel::table! {
         worker_id -> Binary,
         queue_id -> BigInt,
         capacity -> BigInt,
+        seen_version -> BigInt,
     }
 }
 

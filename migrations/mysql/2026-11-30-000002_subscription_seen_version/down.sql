@@ -1,0 +1,1 @@
+ALTER TABLE helix_subscriptions DROP COLUMN seen_version;
