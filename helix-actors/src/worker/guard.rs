@@ -133,24 +133,37 @@ impl Ownership {
 /// impl PartitionHandler for Ticker {
 ///     async fn assigned(&mut self, ctx: &PartitionContext) -> Result<(), HandlerError> {
 ///         let (partition, epoch) = (ctx.partition, ctx.epoch);
-///         // Polled only while the ownership holds; dropped when it ends (revocation, fence,
-///         // lost session), so it never ticks under an old epoch.
+///         // Polled only while the ownership holds and dropped when it ends (handoff, fence,
+///         // lost session): it never ticks under an old epoch.
 ///         ctx.guard().spawn(async move {
 ///             let mut every = tokio::time::interval(Duration::from_millis(20));
 ///             loop {
 ///                 every.tick().await;
-///                 println!("partition {partition} tick at epoch {epoch}");
+///                 // Whatever leaves the process carries `epoch` as its fencing token.
+///                 println!("partition {partition}: state at epoch {epoch}");
+///             }
+///         });
+///
+///         // Work on a thread of its own is not gated: it checks the guard itself.
+///         let guard = ctx.guard().clone();
+///         std::thread::spawn(move || {
+///             while guard.is_held() {
+///                 // ... take one message, write it with `epoch` as its fencing token ...
+///                 # break;
 ///             }
 ///         });
 ///         Ok(())
 ///     }
 ///
-///     async fn revoked(&mut self, ctx: &PartitionContext) {
-///         // `lost` completes when the ownership ends; `is_held` is the cheap check.
-///         debug_assert!(ctx.guard().is_held() || futures::FutureExt::now_or_never(ctx.guard().lost()).is_some());
+///     async fn revoked(&mut self, _ctx: &PartitionContext) {
+///         // The ticker runs until this returns; the ownership ends right after.
 ///     }
 /// }
 /// ```
+///
+/// [`lost`](Self::lost) suits code that takes a shutdown signal, for example a server's
+/// graceful shutdown or a `tokio::select!` branch outside the gated work (gated work itself
+/// never sees the end: it is dropped first).
 #[derive(Clone)]
 pub struct OwnershipGuard(Arc<Ownership>);
 
