@@ -339,3 +339,23 @@ impl PartitionHandler for Blocking {
 
     async fn revoked(&mut self, _: &PartitionContext) {}
 }
+
+#[actix::test]
+async fn a_panicking_handler_factory_counts_as_a_failure_and_the_partition_restarts() {
+    tokio::time::pause();
+    let env = Env::new(ClusterConfig::default()).await;
+    let ticks = Arc::new(Ticks::default());
+    let inner = ticker_factory(&ticks);
+    let panicked = Arc::new(AtomicBool::new(false));
+    let once = Arc::clone(&panicked);
+    let factory: HandlerFactory = Arc::new(move |ctx: &PartitionContext| {
+        if !once.swap(true, Ordering::SeqCst) {
+            panic!("no handler for partition {}", ctx.partition);
+        }
+        inner(ctx)
+    });
+    let (a, _sa) = env.start_worker(Arc::clone(&env.mem) as Arc<dyn Store>, factory).await;
+    let epoch = env.grant(a).await;
+    wait_until!("the restarted partition ticks", !ticks.of(a, epoch).is_empty());
+    assert!(panicked.load(Ordering::SeqCst), "the factory panicked first");
+}

@@ -13,7 +13,7 @@ use futures::future::{LocalBoxFuture, Shared};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
-use super::handler::{PartitionContext, PartitionHandler};
+use super::handler::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler};
 use super::session::PartitionKey;
 
 /// A child of the [`WorkerSession`](super::WorkerSession): runs the handler of one `(queue, partition, epoch)`.
@@ -99,6 +99,31 @@ impl Actor for PartitionActor {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.ctx.guard().end();
     }
+}
+
+/// Creates the handler of `ctx` with `factory` on the calling thread (the handler arbiter). A
+/// panicking factory gives a handler whose `assigned` fails with the panic's message: the
+/// partition counts it as a failure and restarts with backoff, and the panic does not take the
+/// arbiter's thread down with every other partition on it.
+pub(crate) fn create_handler(factory: &HandlerFactory, ctx: &PartitionContext) -> Box<dyn PartitionHandler> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| factory(ctx))) {
+        Ok(handler) => handler,
+        Err(panic) => {
+            Box::new(FactoryPanicked(format!("handler factory panicked: {}", panic_message(&panic))))
+        }
+    }
+}
+
+/// Stands in for the handler a panicking factory did not create.
+struct FactoryPanicked(String);
+
+#[async_trait::async_trait(?Send)]
+impl PartitionHandler for FactoryPanicked {
+    async fn assigned(&mut self, _: &PartitionContext) -> Result<(), HandlerError> {
+        Err(HandlerError::msg(self.0.clone()))
+    }
+
+    async fn revoked(&mut self, _: &PartitionContext) {}
 }
 
 /// Graceful stop: runs `revoked` (after `assigned` returned), at most `drain_timeout`, then
@@ -195,7 +220,6 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::worker::HandlerError;
     use crate::worker::guard::{FenceDeadline, OwnershipGuard};
 
     type Steps = Arc<StdMutex<Vec<&'static str>>>;

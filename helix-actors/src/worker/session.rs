@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::guard::{FenceDeadline, OwnershipGuard};
 use super::handler::{HandlerFactory, PartitionContext};
-use super::partition::{Drain, PartitionActor, PartitionFailure, Stop};
+use super::partition::{Drain, PartitionActor, PartitionFailure, Stop, create_handler};
 
 /// A partition of a queue.
 pub type PartitionKey = (QueueId, PartitionId);
@@ -507,7 +507,7 @@ impl WorkerSession {
             (Arc::clone(&self.factory), ctx.address().downgrade().recipient(), self.config.drain_timeout);
         // The handler is created on the thread it runs on: it need not be `Send`.
         let create = move |_: &mut Context<PartitionActor>| {
-            let handler = factory(&pctx);
+            let handler = create_handler(&factory, &pctx);
             PartitionActor::new(pctx, handler, session, generation, drain_timeout)
         };
         let actor = match &self.handler_arbiter {
