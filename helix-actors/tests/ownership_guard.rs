@@ -1,8 +1,9 @@
 //! The ownership guard (DESIGN §4 rule 10): a handler's ticker spawned through
 //! `ctx.guard().spawn` stops when the ownership ends (revocation, fence, lost session) and
 //! never ticks under an old epoch once the new owner has started; and a handler that blocks
-//! its thread does not stop the worker's heartbeats. The first run on virtual time with the
-//! in-memory store; the last on real time, since it blocks a real thread.
+//! its thread does not stop the worker's heartbeats, and a worker frozen as by SIGSTOP does not
+//! tick under its old epoch when it wakes. All use the in-memory store; the two that block
+//! real threads run on real time, the others on virtual time.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -318,6 +319,56 @@ async fn a_handler_that_blocks_its_thread_does_not_stop_the_heartbeats() {
     );
     assert_eq!(worker.status().await.expect("status").session_epoch, session);
     worker.leave().await.expect("leave");
+}
+
+/// Real time: the whole worker (its control and handler arbiters) freezes for five session
+/// timeouts, as under SIGSTOP, while another worker takes its partition over; after the
+/// freeze its ticker must not tick once more under the old epoch.
+#[actix::test]
+async fn a_frozen_worker_does_not_tick_under_its_old_epoch_when_it_wakes() {
+    let config = ClusterConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        session_timeout: Duration::from_millis(600),
+        safety_margin: Duration::from_millis(200),
+        ..ClusterConfig::default()
+    };
+    let env = Env::new(config.clone()).await;
+    let ticks = Arc::new(Ticks::default());
+    let (control, handlers) = (actix::Arbiter::new(), actix::Arbiter::new());
+    let a = WorkerId::new_v7();
+    let (store, registration, factory, handler_arbiter) = (
+        Arc::clone(&env.mem) as Arc<dyn Store>,
+        env.registration(a),
+        ticker_factory(&ticks),
+        handlers.handle(),
+    );
+    let session = WorkerSession::start_in_arbiter(&control.handle(), move |_| {
+        WorkerSession::new(store, config, registration, factory).with_handler_arbiter(handler_arbiter)
+    });
+    wait_until!("a registered", status(&session).await.session_epoch.is_some());
+    let (b, _sb) = env.start_worker(Arc::clone(&env.mem) as Arc<dyn Store>, ticker_factory(&ticks)).await;
+    let first = env.grant(a).await;
+    wait_until!("a ticks", ticks.of(a, first).len() >= 5);
+
+    // The fault under test, not a wait: both of a's threads stop, as the process would.
+    let woken = Arc::new(AtomicBool::new(false));
+    for arbiter in [control.handle(), handlers.handle()] {
+        let woken = Arc::clone(&woken);
+        arbiter.spawn_fn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            woken.store(true, Ordering::SeqCst);
+        });
+    }
+    wait_until!("a's lease expired in the store", env.is_expired(a).await);
+    let second = env.grant(b).await;
+    wait_until!("b ticks under the next epoch", !ticks.of(b, second).is_empty());
+    wait_until!("a's threads run again", woken.load(Ordering::SeqCst));
+    wait_until!("a noticed it lost its session", status(&session).await.running().is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    ticks.assert_no_stale_tick();
+    control.stop();
+    handlers.stop();
 }
 
 /// Blocks its thread in `assigned` for five session timeouts of the test's configuration.
