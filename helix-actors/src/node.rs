@@ -2,10 +2,21 @@
 //! and assigns partitions while it leads, and a [`Worker`] that serves queues with the user's
 //! [`PartitionHandler`].
 //!
-//! Both run on the actix system of the calling thread (start them inside `#[actix::main]`,
-//! `#[actix::test]` or an `actix_rt::System`), over any [`Store`]. Each started node reaches
-//! its store through a [`StoreActor`] of its own (at most [`DEFAULT_MAX_IN_FLIGHT`]
-//! operations at once), the single door to the database of DESIGN §5.
+//! Both run inside the actix system of the calling thread (start them inside
+//! `#[actix::main]`, `#[actix::test]` or an `actix_rt::System`), over any [`Store`]. Each
+//! started node reaches its store through a [`StoreActor`] of its own (at most
+//! [`DEFAULT_MAX_IN_FLIGHT`] operations at once), the single door to the database of
+//! DESIGN §5.
+//!
+//! A [`Worker`] runs on two arbiters (threads) of its own, so that user code can never hold
+//! up its lease (DESIGN §4 rule 10, `docs/architecture.md`):
+//! - the **control arbiter** runs the [`WorkerSession`] (registration, heartbeats, the fence
+//!   timer, assignment polls, handoffs) and the worker's [`StoreActor`];
+//! - the **handler arbiter** runs the partition actors and the user's [`PartitionHandler`]s,
+//!   created there by the [`HandlerFactory`]; a handler that blocks this thread delays only
+//!   the partitions of this worker, and its futures are not polled past the fence deadline.
+//!
+//! A [`CoordinatorNode`] runs on the arbiter that starts it.
 //!
 //! ```
 //! use std::time::Duration;
@@ -71,7 +82,7 @@ use crate::coordinator::{
     Allocate, Coordinator, CurrentFence, LeaderElection, LeadershipChanged, Resign, RoundReport, RunRound,
     StrategyAllocator,
 };
-use crate::store_actor::{DEFAULT_MAX_IN_FLIGHT, StoreActor};
+use crate::store_actor::{DEFAULT_MAX_IN_FLIGHT, StoreActor, StoreHandle};
 use crate::worker::{
     GetStatus, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler, RestartPolicy,
     SessionEnd, WorkerSession, WorkerStatusReport,
@@ -366,9 +377,12 @@ impl WorkerBuilder {
         self.handler(Arc::new(make))
     }
 
-    /// Validates the worker, starts its [`StoreActor`], checks through it that every served
-    /// queue exists, registers the worker (a new session) and starts the worker session on the
-    /// current arbiter, reaching the store through the store actor.
+    /// Validates the worker, starts its control arbiter (with its [`StoreActor`]) and its
+    /// handler arbiter (see the [module documentation](self)), checks through the store actor
+    /// that every served queue exists, registers the worker (a new session) and starts the
+    /// worker session on the control arbiter, reaching the store through the store actor.
+    /// Both arbiters stop when the session stops (after [`WorkerHandle::leave`] or
+    /// [`WorkerHandle::kill`]), or at once when the start fails.
     ///
     /// One process per identity: while another process holds a live session under this
     /// worker's id (see [`id`](Self::id)), the registration is refused and nothing starts.
@@ -389,9 +403,25 @@ impl WorkerBuilder {
         if let Some(zero) = self.subscriptions.iter().find(|s| s.capacity == 0) {
             return Err(NodeError::Invalid(format!("capacity 0 for queue {}", zero.queue_id)));
         }
-        let store = StoreActor::start_handle(self.store, DEFAULT_MAX_IN_FLIGHT).into_store();
+        let control = Arbiter::new();
+        let handlers = Arbiter::new();
+        let arbiters = vec![control.handle(), handlers.handle()];
+        let stop_arbiters = |arbiters: &[ArbiterHandle]| {
+            for arbiter in arbiters {
+                // `false` means it has stopped already.
+                let _ = arbiter.stop();
+            }
+        };
+        let inner = self.store;
+        let store_actor = StoreActor::start_in_arbiter(&control.handle(), move |_| {
+            StoreActor::new(inner, DEFAULT_MAX_IN_FLIGHT)
+        });
+        let store = StoreHandle::new(store_actor).into_store();
         for subscription in &self.subscriptions {
-            store.get_queue_by_id(subscription.queue_id).await?;
+            if let Err(error) = store.get_queue_by_id(subscription.queue_id).await {
+                stop_arbiters(&arbiters);
+                return Err(error.into());
+            }
         }
         let registration = WorkerRegistration {
             id: self.id,
@@ -404,12 +434,21 @@ impl WorkerBuilder {
         // Registered here, not by the session, so that a refusal reaches the caller: above all
         // an id still held by a live session (`StoreError::IdInUse`, one process per id).
         let sent = tokio::time::Instant::now();
-        let lease = store.register_worker(&registration).await?;
-        let session = WorkerSession::new(store, self.config, registration, factory)
-            .with_restart_policy(self.policy)
-            .with_registration(lease, sent);
+        let lease = match store.register_worker(&registration).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                stop_arbiters(&arbiters);
+                return Err(error.into());
+            }
+        };
+        let (config, policy, handler_arbiter) = (self.config, self.policy, handlers.handle());
+        let session = WorkerSession::new(store, config, registration, factory)
+            .with_restart_policy(policy)
+            .with_registration(lease, sent)
+            .with_handler_arbiter(handler_arbiter)
+            .stopping_arbiters(arbiters);
         let ended = session.ended();
-        let session = session.start();
+        let session = WorkerSession::start_in_arbiter(&control.handle(), move |_| session);
         tracing::info!(worker = %self.id, "worker started");
         Ok(WorkerHandle { id: self.id, session, ended })
     }

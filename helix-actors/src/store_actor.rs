@@ -78,6 +78,10 @@ pub const STOPPED: &str = "the store actor has stopped";
 /// its own, see the [module documentation](self)).
 ///
 /// Start one with [`StoreActor::start_handle`] and hand the [`StoreHandle`] out.
+///
+/// Arbiter: a [`Worker`](crate::node::Worker)'s store actor lives on the worker's control
+/// arbiter, with its session and never with user handlers; a
+/// [`CoordinatorNode`](crate::node::CoordinatorNode)'s on the arbiter that starts the node.
 pub struct StoreActor {
     store: Arc<dyn Store>,
     permits: Arc<Semaphore>,

@@ -8,11 +8,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use helix_core::{DomainName, Epoch, PartitionId, QueueId, QueueName, WorkerId};
 
+use super::guard::OwnershipGuard;
+
 /// One ownership of one partition, as user code sees it.
 ///
 /// The `epoch` is the fencing token of this ownership: it grows on every change of owner, and
 /// a side effect that user code tags with it (and checks, the way the store checks `owner = me
 /// AND epoch = E`) can never be applied by a stale owner (see `docs/protocol.md`).
+///
+/// The [`guard`](Self::guard) tells whether the ownership still holds and binds work the
+/// handler spawns to it. Two contexts are equal when they describe the same ownership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionContext {
     /// The domain of the queue.
@@ -27,6 +32,28 @@ pub struct PartitionContext {
     pub epoch: Epoch,
     /// The worker that owns it.
     pub worker: WorkerId,
+    guard: OwnershipGuard,
+}
+
+impl PartitionContext {
+    pub(crate) fn new(
+        domain: DomainName,
+        queue_name: QueueName,
+        queue: QueueId,
+        partition: PartitionId,
+        epoch: Epoch,
+        worker: WorkerId,
+        guard: OwnershipGuard,
+    ) -> Self {
+        Self { domain, queue_name, queue, partition, epoch, worker, guard }
+    }
+
+    /// The guard of this ownership: [`is_held`](OwnershipGuard::is_held),
+    /// [`lost`](OwnershipGuard::lost) and [`spawn`](OwnershipGuard::spawn) for work that must
+    /// stop when the ownership ends.
+    pub fn guard(&self) -> &OwnershipGuard {
+        &self.guard
+    }
 }
 
 /// Why a handler could not take a partition. The worker session counts it as a failure of the
@@ -63,8 +90,16 @@ impl Error for HandlerError {
 }
 
 /// User code for one owned partition. A [`HandlerFactory`] creates one handler per ownership
-/// (per `(queue, partition, epoch)`), and the worker session runs it in its own actor on the
-/// session's thread, so a handler need not be `Send`.
+/// (per `(queue, partition, epoch)`) on the worker's *handler arbiter*, and the handler runs
+/// there in its own actor, so a handler need not be `Send`. The worker session, its
+/// heartbeats and its store run on the *control arbiter*, another thread: a handler that
+/// blocks its thread delays its own partitions, never the lease (`docs/architecture.md`).
+///
+/// No future of the handler is polled once its ownership has ended (see
+/// [`OwnershipGuard`]): past the worker's fence deadline the future is dropped, not polled,
+/// even if the thread wakes up late after a pause. Work the handler starts on its own
+/// (tickers, consumer loops) should run through [`OwnershipGuard::spawn`] to get the same
+/// guarantee.
 ///
 /// Lifecycle:
 /// - [`assigned`](Self::assigned) runs once when the worker starts serving the partition. An
@@ -75,7 +110,8 @@ impl Error for HandlerError {
 ///   is cancelled after `drain_timeout`; the partition is handed over right after it returns.
 /// - When the partition is lost without a drain (the worker fenced itself because it could not
 ///   renew its lease, its session ended, or the partition was reassigned), in-flight handler
-///   futures are cancelled and the handler is dropped at once: release resources in `Drop`.
+///   futures are cancelled (never polled again) and the handler is dropped soon after:
+///   release resources in `Drop`.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -103,10 +139,11 @@ pub trait PartitionHandler: 'static {
     /// The worker now owns the partition at `ctx.epoch`; prepare to serve it.
     async fn assigned(&mut self, ctx: &PartitionContext) -> Result<(), HandlerError>;
     /// The worker is handing the partition over: stop taking new work and finish (or give up)
-    /// what is in flight. Cancelled after `drain_timeout`.
+    /// what is in flight. Cancelled after `drain_timeout`. The ownership ends when it returns:
+    /// work spawned through the guard is dropped then, before the handoff is written.
     async fn revoked(&mut self, ctx: &PartitionContext);
 }
 
-/// Creates the handler of one partition ownership. Called on the worker session's thread each
-/// time a partition is started or restarted.
+/// Creates the handler of one partition ownership. Called on the handler arbiter (the thread
+/// the handler then runs on) each time a partition is started or restarted.
 pub type HandlerFactory = Arc<dyn Fn(&PartitionContext) -> Box<dyn PartitionHandler> + Send + Sync>;

@@ -4,7 +4,13 @@
 //! alive, fences itself when it cannot (`docs/protocol.md`), polls the partitions the store
 //! says it owns and runs one [`PartitionHandler`] per owned partition, created by a
 //! [`HandlerFactory`], in a supervised child actor. Panics in handlers are caught and the
-//! partition restarted with backoff ([`RestartPolicy`]).
+//! partition restarted with backoff ([`RestartPolicy`]). Each ownership has an
+//! [`OwnershipGuard`]: no handler future is polled once it has ended, and work the handler
+//! spawns through it is bound to it too.
+//!
+//! Threads: the session lives on the *control arbiter*, the partition actors on the *handler
+//! arbiter* ([`WorkerSession::with_handler_arbiter`]; [`Worker`](crate::node::Worker) gives
+//! each its own thread).
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -40,10 +46,12 @@
 //! }
 //! ```
 
+mod guard;
 mod handler;
 mod partition;
 mod session;
 
+pub use guard::OwnershipGuard;
 pub use handler::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler};
 pub use session::{
     GetStatus, Kill, Leave, LeaveOutcome, PartitionKey, PartitionState, PartitionStatus, RestartPolicy,

@@ -15,8 +15,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::guard::{FenceDeadline, OwnershipGuard};
 use super::handler::{HandlerFactory, PartitionContext};
-use super::partition::{Drain, PartitionActor, PartitionFailure, Stop};
+use super::partition::{Drain, PartitionActor, PartitionFailure, Stop, create_handler};
 
 /// A partition of a queue.
 pub type PartitionKey = (QueueId, PartitionId);
@@ -187,6 +188,8 @@ struct Slot {
     epoch: Epoch,
     generation: u64,
     actor: Option<Addr<PartitionActor>>,
+    /// Ended, without a message, whenever the session stops the partition.
+    guard: Option<OwnershipGuard>,
     state: PartitionState,
 }
 
@@ -223,16 +226,30 @@ struct Slot {
 /// and on every tick while a poll failed or a partition waits for a retry. An idle worker
 /// therefore costs the store one heartbeat (one statement on MySQL) per interval. Store
 /// errors are logged and the step is tried again on the next tick; self-fencing still applies.
-/// The session and its partition actors run on the arbiter that started the session. Its
-/// timers keep it alive when every address is dropped: send [`Leave`] to stop it.
+///
+/// Threads: the session lives on the **control arbiter** (the one it is started on; with
+/// [`Worker`](crate::node::Worker) a thread of its own, shared only with the worker's store
+/// actor). Its partition actors, and so the user's handlers, live on the **handler arbiter**
+/// given by [`with_handler_arbiter`](Self::with_handler_arbiter), by default the control
+/// arbiter itself (what tests on virtual time need: tokio's paused clock is per thread). The
+/// fence deadline is published to the handler arbiter in an atomic, and the session ends each
+/// ownership through its [`OwnershipGuard`](super::OwnershipGuard) before any message, so a
+/// handler's future is never polled past the deadline whichever thread is late.
+/// Its timers keep it alive when every address is dropped: send [`Leave`] to stop it.
 pub struct WorkerSession {
     store: Arc<dyn Store>,
     config: ClusterConfig,
     registration: WorkerRegistration,
     factory: HandlerFactory,
     policy: RestartPolicy,
+    /// Where partition actors start; `None` for the session's own arbiter.
+    handler_arbiter: Option<ArbiterHandle>,
+    /// Arbiters to stop once the session has stopped (those a node started for it).
+    stop_with: Vec<ArbiterHandle>,
     session: Option<SessionEpoch>,
     fenced_at: Option<Instant>,
+    /// `fenced_at`, as the partition actors read it.
+    fence: FenceDeadline,
     fence_timer: Option<SpawnHandle>,
     lease_busy: bool,
     poll_busy: bool,
@@ -280,8 +297,11 @@ impl WorkerSession {
             registration,
             factory,
             policy: RestartPolicy::default(),
+            handler_arbiter: None,
+            stop_with: Vec::new(),
             session: None,
             fenced_at: None,
+            fence: FenceDeadline::new(),
             fence_timer: None,
             lease_busy: false,
             poll_busy: false,
@@ -349,6 +369,22 @@ impl WorkerSession {
     #[must_use]
     pub fn with_restart_policy(mut self, policy: RestartPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Starts partition actors, and so creates and runs the user's handlers, on `arbiter`
+    /// instead of the session's own: a handler that blocks its thread then never delays a
+    /// heartbeat or the fence. Both threads must read the same monotonic clock (any two
+    /// threads do, except under tokio's paused test clock, which is per runtime).
+    #[must_use]
+    pub fn with_handler_arbiter(mut self, arbiter: ArbiterHandle) -> Self {
+        self.handler_arbiter = Some(arbiter);
+        self
+    }
+
+    /// Stops `arbiters` once the session has stopped.
+    pub(crate) fn stopping_arbiters(mut self, arbiters: Vec<ArbiterHandle>) -> Self {
+        self.stop_with = arbiters;
         self
     }
 
@@ -447,13 +483,7 @@ impl WorkerSession {
         ctx.spawn(register.into_actor(self).map(move |outcome, act, ctx| {
             act.lease_busy = false;
             match outcome {
-                Ok(lease) => {
-                    info!(worker = %act.id(), session_epoch = %lease.session_epoch, "worker registered");
-                    act.session = Some(lease.session_epoch);
-                    act.last_session = Some(lease.session_epoch);
-                    act.renewed(sent, ctx);
-                    act.want_poll(ctx);
-                }
+                Ok(lease) => act.registered(lease, sent, ctx),
                 Err(error) => {
                     // Refused while another session of this id is live (a process restarted
                     // under a stable id, before the old lease ran out): try again on every
@@ -467,6 +497,15 @@ impl WorkerSession {
                 }
             }
         }));
+    }
+
+    /// A registration sent at `sent` succeeded: the session runs under its new epoch.
+    fn registered(&mut self, lease: WorkerLease, sent: Instant, ctx: &mut Context<Self>) {
+        info!(worker = %self.id(), session_epoch = %lease.session_epoch, "worker registered");
+        self.session = Some(lease.session_epoch);
+        self.last_session = Some(lease.session_epoch);
+        self.renewed(sent, ctx);
+        self.want_poll(ctx);
     }
 
     /// After a refused re-registration: reads the worker's row, and when a newer session than
@@ -520,7 +559,14 @@ impl WorkerSession {
         if self.fenced_at.is_some_and(|at| at >= fenced_at) {
             return;
         }
+        // A renewal processed after the deadline passed (the fence timer has not run yet, for
+        // example after the process was paused) never revives the ownerships of before.
+        if self.is_fenced() && !self.slots.is_empty() {
+            warn!(worker = %self.id(), "renewed after the fence deadline, stopping every partition");
+            self.stop_all("self-fenced");
+        }
         self.fenced_at = Some(fenced_at);
+        self.fence.set(fenced_at);
         if let Some(timer) = self.fence_timer.take() {
             ctx.cancel_future(timer);
         }
@@ -540,8 +586,16 @@ impl WorkerSession {
         }));
     }
 
-    /// Stops every partition at once, without draining.
+    /// Stops every partition at once, without draining: ends every ownership (no message,
+    /// so no handler future is polled again from here on) and withdraws the fence deadline
+    /// until the next renewal, then tells the partition actors to stop.
     fn stop_all(&mut self, reason: &'static str) {
+        self.fence.clear();
+        for slot in self.slots.values() {
+            if let Some(guard) = &slot.guard {
+                guard.end();
+            }
+        }
         for (key, slot) in std::mem::take(&mut self.slots) {
             if let Some(actor) = slot.actor {
                 debug!(queue = %key.0, partition = %key.1, epoch = %slot.epoch, reason, "stopping partition");
@@ -610,6 +664,9 @@ impl WorkerSession {
             self.failed.remove(&key);
             if let Some(slot) = self.slots.remove(&key) {
                 info!(queue = %key.0, partition = %key.1, epoch = %slot.epoch, "partition no longer owned, stopping");
+                if let Some(guard) = &slot.guard {
+                    guard.end();
+                }
                 if let Some(actor) = slot.actor {
                     actor.do_send(Stop);
                 }
@@ -647,30 +704,49 @@ impl WorkerSession {
         let Some((domain, queue_name)) = self.queues.get(&key.0).cloned() else {
             return; // its queue lookup failed; the next poll tries again
         };
-        let pctx =
-            PartitionContext { domain, queue_name, queue: key.0, partition: key.1, epoch, worker: self.id() };
+        let guard = OwnershipGuard::new(self.fence.clone());
+        let pctx = PartitionContext::new(domain, queue_name, key.0, key.1, epoch, self.id(), guard.clone());
         let generation = self.generation();
-        let handler = (self.factory)(&pctx);
         info!(queue = %key.0, partition = %key.1, %epoch, "starting partition");
-        let actor = PartitionActor::new(
-            pctx,
-            handler,
-            ctx.address().downgrade(),
-            generation,
-            self.config.drain_timeout,
-        )
-        .start();
-        self.slots
-            .insert(key, Slot { epoch, generation, actor: Some(actor), state: PartitionState::Running });
+        let (factory, session, drain_timeout) =
+            (Arc::clone(&self.factory), ctx.address().downgrade().recipient(), self.config.drain_timeout);
+        // The handler is created on the thread it runs on: it need not be `Send`.
+        let create = move |_: &mut Context<PartitionActor>| {
+            let handler = create_handler(&factory, &pctx);
+            PartitionActor::new(pctx, handler, session, generation, drain_timeout)
+        };
+        let actor = match &self.handler_arbiter {
+            Some(arbiter) => PartitionActor::start_in_arbiter(arbiter, create),
+            None => PartitionActor::create(create),
+        };
+        self.slots.insert(
+            key,
+            Slot {
+                epoch,
+                generation,
+                actor: Some(actor),
+                guard: Some(guard),
+                state: PartitionState::Running,
+            },
+        );
     }
 
     /// Drains a revoked partition, then hands it over with one epoch-fenced update.
     fn revoke(&mut self, key: PartitionKey, epoch: Epoch, ctx: &mut Context<Self>) {
         let generation = self.generation();
         // The slot keeps the actor so that fencing can still stop it while it drains.
-        let actor = self.slots.get(&key).and_then(|s| s.actor.clone());
-        self.slots
-            .insert(key, Slot { epoch, generation, actor: actor.clone(), state: PartitionState::Draining });
+        let (actor, guard) =
+            self.slots.get(&key).map(|s| (s.actor.clone(), s.guard.clone())).unwrap_or_default();
+        self.slots.insert(
+            key,
+            Slot {
+                epoch,
+                generation,
+                actor: actor.clone(),
+                guard: guard.clone(),
+                state: PartitionState::Draining,
+            },
+        );
         info!(queue = %key.0, partition = %key.1, %epoch, "partition revoked, draining");
         let store = Arc::clone(&self.store);
         let id = self.id();
@@ -679,6 +755,10 @@ impl WorkerSession {
             if let Some(actor) = actor {
                 // An error means the actor already stopped: nothing left to drain.
                 let _ = actor.send(Drain).await;
+            }
+            // The drain ended it already; an actor that had stopped may not have been asked.
+            if let Some(guard) = guard {
+                guard.end();
             }
             store.handoff(key.0, key.1, id, epoch).await
         };
@@ -898,15 +978,17 @@ impl Actor for WorkerSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         match self.registered.take() {
-            Some((lease, sent)) => {
-                info!(worker = %self.id(), session_epoch = %lease.session_epoch, "worker registered");
-                self.session = Some(lease.session_epoch);
-                self.renewed(sent, ctx);
-                self.poll(ctx);
-            }
+            Some((lease, sent)) => self.registered(lease, sent, ctx),
             None => self.register(ctx),
         }
         ctx.run_interval(self.config.heartbeat_interval, |act, ctx| act.tick(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.end(SessionEnd::Left);
+        for arbiter in &self.stop_with {
+            arbiter.stop();
+        }
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
@@ -920,10 +1002,6 @@ impl Actor for WorkerSession {
             ctx.spawn(leave);
         }
         Running::Continue
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.end(SessionEnd::Left);
     }
 }
 
