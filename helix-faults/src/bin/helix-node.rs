@@ -148,7 +148,7 @@ impl PartitionHandler for TickingHandler {
 }
 
 /// A partition's ticker; dropping it (with its handler) stops it.
-struct Ticker(tokio::task::JoinHandle<()>);
+struct Ticker(tokio::task::JoinHandle<Option<()>>);
 
 impl Drop for Ticker {
     fn drop(&mut self) {
@@ -158,11 +158,12 @@ impl Drop for Ticker {
 
 /// Starts the ticker of one ownership: a tick record every `every`, the first at once.
 ///
-/// The ticker is user work bound to the ownership in `ctx`; it is spawned on the session's
-/// arbiter and stopped when the handler is dropped or revoked.
+/// The ticker is user work bound to the ownership in `ctx` through its ownership guard: it
+/// is polled only while the ownership holds (never past the worker's fence deadline) and
+/// dropped when it ends; dropping the handler stops it too.
 fn spawn_ticker(ctx: &PartitionContext, log: LogWriter, every: Duration) -> Ticker {
     let (worker, queue, partition, epoch) = (ctx.worker, ctx.queue, ctx.partition, ctx.epoch);
-    Ticker(actix::spawn(async move {
+    Ticker(ctx.guard().spawn(async move {
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
