@@ -324,6 +324,19 @@ struct HeartbeatRow {
 
 // ---- shared pieces ----------------------------------------------------------------------
 
+/// Lifts MariaDB's statement bound on this session (migrations); nothing on MySQL, which has
+/// none.
+pub(super) async fn unbounded_statements(conn: &mut Conn) -> Res<()> {
+    let row: FlagRow =
+        diesel::sql_query("SELECT CAST(LOCATE('mariadb', LOWER(VERSION())) > 0 AS SIGNED) AS flag")
+            .get_result(conn)
+            .await?;
+    if row.flag == Some(1) {
+        diesel::sql_query("SET SESSION max_statement_time = 0").execute(conn).await?;
+    }
+    Ok(())
+}
+
 /// Takes the migration lock of this database, waiting at most `wait_secs`.
 pub(super) async fn named_lock(conn: &mut Conn, wait_secs: i64) -> Res<bool> {
     let row: FlagRow = diesel::sql_query("SELECT GET_LOCK(CONCAT('helix_migrate.', DATABASE()), ?) AS flag")
