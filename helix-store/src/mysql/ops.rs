@@ -591,7 +591,10 @@ pub(super) async fn register_worker(conn: &mut Conn, registration: &WorkerRegist
     let id = bytes(registration.id);
     // Lock order, as every assignment writer: queue rows first (the subscribed ones, which
     // must exist, and those of the rows the id owns, whose versions adoption bumps), in id
-    // order; then the worker row; then the assignment rows.
+    // order; then the worker row; then the assignment rows. (A grant to this id that commits
+    // between the read of `owned` and the worker row lock adds a queue not locked here;
+    // adoption then locks it last. That rare order can deadlock with a plan on that queue;
+    // InnoDB breaks it at once and the loser is retried as a transient failure.)
     let subscribed: Vec<i64> = registration
         .subscriptions
         .iter()
