@@ -360,3 +360,124 @@ async fn a_grant_waits_for_a_change_of_its_targets_liveness() {
     assert_eq!(store.assignments(queue.id).await.expect("rows").rows[0].owner, None);
     db.drop_database().await;
 }
+
+/// A TCP proxy to the test server that can freeze: while frozen it forwards nothing either
+/// way but keeps both connections open, as a paused process or a partitioned network does.
+struct FreezingProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(server: &url::Url) -> Self {
+        use std::sync::atomic::Ordering;
+        let upstream = format!("{}:{}", server.host_str().expect("a host"), server.port().unwrap_or(3306));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [(cr, sw), (sr, cw)] {
+                    let flag = std::sync::Arc::clone(&flag);
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Held while frozen: the bytes never reach the other side.
+                            while flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A client that stops in the middle of a transaction (frozen after its plan took the
+/// coordinator, queue and assignment row locks) does not keep those locks: MariaDB ends the
+/// idle transaction after the store's `idle_transaction_timeout`, and another coordinator
+/// write goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_transaction_is_ended_by_the_server() {
+    let db = ScratchMysql::create().await;
+    let direct = connect(&db).await.expect("connect");
+    let (queue, worker, fence) = leader_and_worker(&direct, 1).await;
+
+    let proxy = FreezingProxy::start(db.url()).await;
+    let mut url = db.url().clone();
+    url.set_port(Some(proxy.port)).expect("port");
+    url.set_query(Some("prefer_socket=false"));
+    let options = ConnectOptions { pool_size: 1, ..ConnectOptions::default() };
+    let stalling = std::sync::Arc::new(MysqlStore::connect(&url, &options).await.expect("connect via proxy"));
+
+    // The worker's row is locked elsewhere, so the plan stops inside its transaction, after
+    // its own locks, waiting for that one.
+    let mut change = db.admin().await;
+    change.query_drop("START TRANSACTION").await.expect("begin");
+    change
+        .exec_drop(
+            format!("SELECT id FROM {}.helix_workers WHERE id = ? FOR UPDATE", db.name()),
+            (worker.as_bytes().to_vec(),),
+        )
+        .await
+        .expect("lock the worker row");
+    let plan = {
+        let (stalling, fence) = (std::sync::Arc::clone(&stalling), fence.clone());
+        let grant = PlanChange::Grant { partition: PartitionId(0), expected_epoch: Epoch(0), to: worker };
+        tokio::spawn(async move { stalling.apply_plan(&fence, queue.id, &[grant]).await })
+    };
+    let mut watcher = db.admin().await;
+    let deadline = tokio::time::Instant::now() + NO_HANG;
+    loop {
+        let waiting: Option<u64> = watcher
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_wait_started IS NOT NULL",
+            )
+            .await
+            .expect("transactions");
+        if waiting.unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline && !plan.is_finished(), "the plan never waited");
+        // A poll interval: InnoDB refreshes this view at most every 100 ms.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The client stops; its statement completes on the server and the transaction sits idle
+    // with its locks.
+    proxy.freeze();
+    change.query_drop("COMMIT").await.expect("commit");
+
+    // Another coordinator write needs the coordinator row the frozen transaction holds.
+    let deadline = tokio::time::Instant::now() + NO_HANG;
+    loop {
+        match direct.mark_workers_dead(&fence, &[]).await {
+            Ok(_) => break,
+            Err(err) => {
+                assert!(err.is_retryable(), "{err}");
+                assert!(tokio::time::Instant::now() < deadline, "the abandoned transaction kept its locks");
+            }
+        }
+    }
+    plan.abort();
+    proxy.task.abort();
+    db.drop_database().await;
+}
