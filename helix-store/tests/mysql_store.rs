@@ -481,3 +481,30 @@ async fn an_abandoned_transaction_is_ended_by_the_server() {
     proxy.task.abort();
     db.drop_database().await;
 }
+
+/// The coordinator's snapshot of a queue takes no lock: a writer holding the queue row in an
+/// open transaction does not make it wait, and it sees the last committed version and rows.
+#[tokio::test]
+async fn a_snapshot_of_assignments_does_not_wait_for_a_writer() {
+    let db = ScratchMysql::create().await;
+    let store = connect(&db).await.expect("connect");
+    let (queue, worker, fence) = leader_and_worker(&store, 2).await;
+    let grant = PlanChange::Grant { partition: PartitionId(0), expected_epoch: Epoch(0), to: worker };
+    store.apply_plan(&fence, queue.id, &[grant]).await.expect("grant");
+
+    let mut writer = db.admin().await;
+    writer.query_drop("START TRANSACTION").await.expect("begin");
+    writer
+        .query_drop(format!(
+            "UPDATE {}.helix_queues SET assignment_version = assignment_version + 1 WHERE id = {}",
+            db.name(),
+            queue.id.0
+        ))
+        .await
+        .expect("a writer holds the queue row");
+    let snapshot = store.assignments(queue.id).await.expect("read while the writer holds the row");
+    assert_eq!(snapshot.assignment_version, 1, "the committed version");
+    assert_eq!(snapshot.rows[0].owner, Some(worker));
+    writer.query_drop("ROLLBACK").await.expect("rollback");
+    db.drop_database().await;
+}

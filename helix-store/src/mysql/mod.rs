@@ -551,7 +551,12 @@ impl Store for MysqlStore {
     }
 
     async fn assignments(&self, queue: QueueId) -> StoreResult<QueueAssignments> {
-        run!(self, "assignments", |conn| tx!(conn, ops::assignments(conn, queue)))
+        // One REPEATABLE READ snapshot for the version and the rows, read without locks: the
+        // coordinator's snapshot never waits for (nor blocks) a writer.
+        run!(self, "assignments", |conn| async {
+            ops::snapshot_next_transaction(conn).await?;
+            tx!(conn, ops::assignments(conn, queue)).await
+        })
     }
 
     async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>> {

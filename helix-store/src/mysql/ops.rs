@@ -324,6 +324,13 @@ struct HeartbeatRow {
 
 // ---- shared pieces ----------------------------------------------------------------------
 
+/// Makes the next transaction of this session REPEATABLE READ (the session stays READ
+/// COMMITTED): its plain reads then share one snapshot and take no locks.
+pub(super) async fn snapshot_next_transaction(conn: &mut Conn) -> Res<()> {
+    diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(conn).await?;
+    Ok(())
+}
+
 /// Lifts MariaDB's statement bound on this session (migrations); nothing on MySQL, which has
 /// none.
 pub(super) async fn unbounded_statements(conn: &mut Conn) -> Res<()> {
@@ -1032,15 +1039,14 @@ pub(super) async fn get_lease(conn: &mut Conn, cluster: &ClusterName) -> Res<Opt
 
 pub(super) async fn assignments(conn: &mut Conn, queue: QueueId) -> Res<QueueAssignments> {
     let key = to_i64(queue.0, "queue id")?;
-    // The shared lock on the queue row waits for any writer of its assignments (they all
-    // bump the version, which locks that row) so the version and the rows match.
-    let version: Option<FlagRow> = diesel::sql_query(
-        "SELECT assignment_version AS flag FROM helix_queues WHERE id = ? LOCK IN SHARE MODE",
-    )
-    .bind::<BigInt, _>(key)
-    .get_result(conn)
-    .await
-    .optional()?;
+    // Inside a REPEATABLE READ transaction (`snapshot_next_transaction`): both reads see one
+    // snapshot, so the version and the rows match, with no lock taken.
+    let version: Option<FlagRow> =
+        diesel::sql_query("SELECT assignment_version AS flag FROM helix_queues WHERE id = ?")
+            .bind::<BigInt, _>(key)
+            .get_result(conn)
+            .await
+            .optional()?;
     let version =
         version.and_then(|v| v.flag).ok_or_else(|| StoreError::NotFound(format!("queue {queue}")))?;
     let rows: Vec<AssignmentRow> = helix_assignments::table
