@@ -189,8 +189,9 @@ impl Client {
         Ok(self.store.get_lease(cluster).await?)
     }
 
-    /// At most `limit` events recorded after the event `after` (0 for the first), oldest
-    /// first: grants, revocations, handoffs, deaths, elections.
+    /// At most `limit` (and at most [`helix_store::MAX_EVENTS_PER_READ`]) events recorded
+    /// after the event `after` (0 for the first), oldest first: grants, revocations,
+    /// handoffs, deaths, elections. Page on with the last id for more.
     ///
     /// # Errors
     /// When the store fails.

@@ -211,6 +211,7 @@ impl CoordinatorNode {
             )
             .start();
             election = Some(started.clone());
+            prune_events_while_leading(ctx, Arc::clone(&store), started.clone(), config.event_retention);
             // The coordinator's timer keeps it alive; this is how `stop` ends it.
             ctx.spawn(
                 actix::fut::wrap_future::<_, Coordinator>(stop_rx)
@@ -222,6 +223,34 @@ impl CoordinatorNode {
         tracing::info!(cluster = %cluster, node = %id, "coordinator node started");
         Ok(CoordinatorHandle { id, cluster, store, coordinator, election, stop: Some(stop_tx) })
     }
+}
+
+/// While `election` leads, deletes the events older than `retention` every tenth of it (at
+/// most hourly); nothing when `retention` is zero. Pruning changes no ownership, so it needs no
+/// fence: leading only keeps the work to one node.
+fn prune_events_while_leading(
+    ctx: &mut Context<Coordinator>,
+    store: Arc<dyn Store>,
+    election: Addr<LeaderElection>,
+    retention: Duration,
+) {
+    if retention.is_zero() {
+        return;
+    }
+    let every = (retention / 10).clamp(Duration::from_millis(1), Duration::from_secs(3_600));
+    ctx.run_interval(every, move |_, ctx| {
+        let (store, election) = (Arc::clone(&store), election.clone());
+        ctx.spawn(actix::fut::wrap_future(async move {
+            if !matches!(election.send(CurrentFence).await, Ok(Some(_))) {
+                return;
+            }
+            match store.prune_events(retention).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, retention_s = retention.as_secs(), "old events pruned"),
+                Err(error) => tracing::warn!(%error, "pruning old events failed"),
+            }
+        }));
+    });
 }
 
 /// A running [`CoordinatorNode`].

@@ -59,6 +59,7 @@ pub fn fast_config() -> ClusterConfig {
         revoke_timeout: Duration::from_secs(5),
         revoke_cooldown: Duration::from_secs(5),
         rejoin_delay: Duration::ZERO,
+        ..ClusterConfig::default()
     }
 }
 

@@ -78,6 +78,11 @@ pub struct ClusterConfig {
     /// long. Default zero: partitions move at once.
     #[serde(with = "humantime_serde")]
     pub rejoin_delay: Duration,
+    /// How long the history of events is kept: while a coordinator node leads, it deletes
+    /// the events older than this (on the store's clock) every tenth of it, at most hourly.
+    /// Default 7 days; zero keeps every event forever.
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -95,6 +100,7 @@ impl Default for ClusterConfig {
             revoke_timeout: Duration::from_secs(30),
             revoke_cooldown: Duration::from_secs(60),
             rejoin_delay: Duration::ZERO,
+            event_retention: Duration::from_secs(7 * 24 * 60 * 60),
         }
     }
 }

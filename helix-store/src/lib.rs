@@ -54,13 +54,39 @@ pub use tasks::*;
 pub use url::StoreUrl;
 
 /// How to connect to a store.
+///
+/// Every bound here serves the leases of `docs/protocol.md`: with the default 3 s session
+/// timeout and coordinator lease, a store call must fail well before a lease could run out,
+/// so the caller can try again (or step down) in time.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// The most connections the pool keeps open (MySQL and SQLite). Default 10.
     pub pool_size: u32,
-    /// How long to wait for a connection before giving up with
-    /// [`StoreError::Unavailable`]. Default 5 s.
+    /// How long one attempt to open a database connection, or to get one from the pool, may
+    /// take before giving up with [`StoreError::Unavailable`] (MySQL; and the first connection
+    /// of SQLite). Default 1 s: after a connection reset, a new connection is tried (and a
+    /// leader steps down) well inside a lease instead of a whole lease later.
     pub connect_timeout: Duration,
+    /// How long SQLite waits for its database lock (its busy timeout) and for a free pooled
+    /// connection. Default 5 s. A busy database past it is [`StoreError::Transient`].
+    pub busy_timeout: Duration,
+    /// MySQL/MariaDB: how long a statement waits for a row lock before failing with a lock
+    /// wait timeout (1205, [`StoreError::Transient`], retried), whole seconds, at least 1.
+    /// Default 1 s, instead of the server's 50 s: a client stalled inside a transaction
+    /// costs the others a short wait, not a round.
+    pub lock_wait_timeout: Duration,
+    /// MariaDB: how long a transaction may stay idle (no statement running) before the server
+    /// ends it and closes its connection, releasing its locks (`idle_transaction_timeout`),
+    /// whole seconds, at least 1. Default 5 s. Helix never leaves a transaction idle between
+    /// its statements longer than a round trip, so only an abandoned one (a paused, cut off or
+    /// blocked client) reaches it. MySQL has no such setting: there an abandoned transaction
+    /// lasts until the connection's TCP keepalive or `wait_timeout` ends it.
+    pub idle_transaction_timeout: Duration,
+    /// MariaDB: the longest one statement may run before the server interrupts it
+    /// (`max_statement_time`; the transaction then rolls back and the call fails with
+    /// [`StoreError::Database`]). Default 10 s, a backstop far above any statement Helix
+    /// issues; migrations run without it. Zero leaves statements unbounded.
+    pub statement_timeout: Duration,
     /// Whether to apply pending migrations on connect. Default `true`. Either way a schema
     /// newer than this binary is refused with [`StoreError::SchemaTooNew`].
     pub run_migrations: bool,
@@ -74,7 +100,11 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
             pool_size: 10,
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            busy_timeout: Duration::from_secs(5),
+            lock_wait_timeout: Duration::from_secs(1),
+            idle_transaction_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
             run_migrations: true,
             clock: Arc::new(MonotonicClock::new()),
         }

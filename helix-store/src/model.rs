@@ -843,3 +843,25 @@ pub struct Event {
     /// Anything else.
     pub detail: serde_json::Value,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_bounded_on_character_boundaries() {
+        let small = serde_json::json!({ "error": "boom" });
+        assert_eq!(bound_detail(&small), small);
+        let long = serde_json::json!({ "error": "é".repeat(MAX_EVENT_DETAIL_BYTES), "n": 1 });
+        let cut = bound_detail(&long);
+        assert!(cut.to_string().len() <= MAX_EVENT_DETAIL_BYTES);
+        let text = cut["error"].as_str().expect("a string");
+        assert!(text.ends_with('…') && text.trim_end_matches('…').chars().all(|c| c == 'é'));
+        assert_eq!((cut["n"].as_u64(), cut["truncated_from_bytes"].as_u64().is_some()), (Some(1), true));
+        // Nothing left to cut but numbers: only the size remains.
+        let numbers = serde_json::Value::Array((0..MAX_EVENT_DETAIL_BYTES).map(|i| i.into()).collect());
+        let cut = bound_detail(&numbers);
+        assert!(cut.to_string().len() <= MAX_EVENT_DETAIL_BYTES);
+        assert!(cut["truncated_from_bytes"].as_u64().is_some());
+    }
+}

@@ -66,6 +66,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers a worker (or starts a new session of a known one: status ACTIVE, session
     /// epoch + 1, subscriptions replaced) with a lease of `session_timeout` from now.
+    ///
+    /// **One process per identity**: while a session of this id is live (ACTIVE or DRAINING
+    /// with a lease running on the store's clock) the registration is refused with
+    /// [`StoreError::IdInUse`](crate::StoreError::IdInUse), saying how long that lease still
+    /// runs, and nothing changes. A LEFT or DEAD worker, or one whose lease ran out, registers
+    /// at once.
+    ///
+    /// **Adoption bumps the epoch**: in the same transaction, every row the id still owns
+    /// (kept through a restart within the rejoin delay, or left behind by a session that
+    /// expired) moves to epoch + 1, keeping its owner, state and target (a revocation keeps
+    /// its start); each touched queue's assignment version moves once and each row gets a
+    /// `partition_adopted` event. So the previous process's epoch is fenced before the new
+    /// session can read its rows.
+    ///
     /// `NotFound` when a subscribed queue does not exist.
     async fn register_worker(&self, registration: &WorkerRegistration) -> StoreResult<WorkerLease>;
     /// Renews the lease of a session for `session_timeout` from now, if the lease is still
@@ -101,10 +115,12 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- coordinator lease --------------------------------------------------------------
 
-    /// Tries to take the cluster's coordinator lease for `lease` from now. Returns the term
-    /// when the caller holds the lease afterwards: a new term (`term + 1`) when it changed
-    /// hands or had run out, the same term (extended) when the caller already held it.
-    /// `None` when another process holds a running lease.
+    /// Tries to take the cluster's coordinator lease for `lease` from now. Returns the new
+    /// term (`term + 1`) when the lease was free, released or had run out. `None` while any
+    /// process holds a running lease, **including one under the caller's own id**: a holder
+    /// keeps its lease with [`renew_lease`](Self::renew_lease) under its term, never by
+    /// acquiring, so a second process started under the holder's id cannot lead under the
+    /// holder's term (one process per term; `docs/protocol.md`).
     async fn acquire_lease(
         &self,
         cluster: &ClusterName,
@@ -133,7 +149,7 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// | change | rule | effect |
     /// |---|---|---|
-    /// | `Grant { to }` | no owner, an owner not live on the store's clock, or `to` itself | `owner = to`, epoch + 1, `ASSIGNED` |
+    /// | `Grant { to }` | no owner, an owner not live on the store's clock, or `to` itself; and `to` live (else `TargetNotLive`) | `owner = to`, epoch + 1, `ASSIGNED` |
     /// | `Release` | an owner that is not live | no owner, epoch + 1, `ASSIGNED` |
     /// | `Revoke { to }` | `ASSIGNED` with an owner other than `to` | `REVOKING`, `target = to` (`None`: the owner releases) |
     /// | `Retarget { to }` | `REVOKING`, owner other than `to` | `target = to`, the revocation keeps its start |
@@ -149,7 +165,8 @@ pub trait Store: Send + Sync + 'static {
         changes: &[PlanChange],
     ) -> StoreResult<PlanOutcome>;
     /// The owner of a REVOKING partition hands it to the revocation's target: `owner =
-    /// target` (no owner when the revocation has no target), `epoch + 1, ASSIGNED`, only where `owner = worker AND epoch = epoch AND
+    /// target` (no owner when the revocation has no target, or when the target is no longer
+    /// live on the store's clock), `epoch + 1, ASSIGNED`, only where `owner = worker AND epoch = epoch AND
     /// state = REVOKING`; `Fenced` otherwise. Returns the new epoch.
     async fn handoff(
         &self,
@@ -191,7 +208,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an event; returns its id.
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64>;
-    /// Up to `limit` events with an id greater than `after`, in id order.
+    /// Up to `limit` events with an id greater than `after`, in id order; a `limit` above
+    /// [`MAX_EVENTS_PER_READ`](crate::MAX_EVENTS_PER_READ) reads as that bound (page on with
+    /// the last id). Event details are stored cut to
+    /// [`MAX_EVENT_DETAIL_BYTES`](crate::MAX_EVENT_DETAIL_BYTES) ([`crate::bound_detail`]).
     async fn events_since(&self, after: u64, limit: u32) -> StoreResult<Vec<Event>>;
     /// Deletes the events older than `older_than` on the store's clock; returns how many.
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64>;

@@ -229,12 +229,282 @@ async fn a_plan_over_50000_partitions_applies_in_one_transaction() {
         assert_eq!(row.owner, Some(workers[row.partition.0 as usize % workers.len()]));
         assert_eq!((row.epoch, row.coordinator_term), (Epoch(1), term));
     }
-    let events = store.events_since(before, u32::MAX).await.expect("events");
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(before, |e: &helix_store::Event| e.id);
+        let page = store.events_since(after, u32::MAX).await.expect("events");
+        if page.is_empty() {
+            break;
+        }
+        events.extend(page);
+    }
     assert_eq!(events.len(), PARTITIONS as usize);
     assert!(events.iter().all(|e| e.kind == EventKind::PartitionGranted && e.term == Some(term)));
 
     // Replaying the same plan changes nothing: every expected epoch is stale now.
     let again = store.apply_plan(&fence, queue.id, &grants).await.expect("replay");
     assert_eq!((again.applied, again.skipped.len(), again.assignment_version), (0, PARTITIONS as usize, 1));
+    db.drop_database().await;
+}
+
+/// A worker registered for a long time and a leader's fence, on a queue of `partitions`.
+async fn leader_and_worker(
+    store: &MysqlStore,
+    partitions: u64,
+) -> (helix_store::QueueRecord, WorkerId, CoordinatorFence) {
+    let domain = DomainName::new("d").expect("name");
+    store.create_domain(&domain).await.expect("domain");
+    let spec = QueueSpec::new(
+        domain,
+        QueueName::new("q").expect("name"),
+        PartitionCount::new(partitions).expect("count"),
+    );
+    let queue = store.create_queue(&spec).await.expect("queue");
+    let worker = WorkerId::new_v7();
+    store
+        .register_worker(&WorkerRegistration {
+            id: worker,
+            host: "h".into(),
+            pid: 1,
+            labels: BTreeMap::new(),
+            subscriptions: vec![Subscription { queue_id: queue.id, capacity: 1 }],
+            session_timeout: LONG,
+        })
+        .await
+        .expect("register");
+    let cluster = ClusterName::default();
+    let holder = WorkerId::new_v7();
+    let term = store.acquire_lease(&cluster, holder, LONG).await.expect("acquire").expect("free");
+    (queue, worker, CoordinatorFence { cluster, holder, term })
+}
+
+/// Another client that holds a lock in an open transaction (a paused or cut-off process)
+/// costs an owner-fenced write only the store's short lock waits: the write fails with a
+/// transient error once its retries are spent, instead of hanging for the server's default of
+/// 50 s per attempt, and succeeds once the lock is gone.
+#[tokio::test]
+async fn a_lock_held_by_another_client_costs_only_the_short_lock_wait() {
+    let db = ScratchMysql::create().await;
+    let store = connect(&db).await.expect("connect");
+    let (queue, worker, fence) = leader_and_worker(&store, 1).await;
+    let grant = PlanChange::Grant { partition: PartitionId(0), expected_epoch: Epoch(0), to: worker };
+    store.apply_plan(&fence, queue.id, &[grant]).await.expect("grant");
+
+    let mut holder = db.admin().await;
+    holder.query_drop("START TRANSACTION").await.expect("begin");
+    holder
+        .query_drop(format!("SELECT id FROM {}.helix_queues WHERE id = {} FOR UPDATE", db.name(), queue.id.0))
+        .await
+        .expect("lock the queue row");
+    let blocked =
+        tokio::time::timeout(NO_HANG, store.release_partition(queue.id, PartitionId(0), worker, Epoch(1)))
+            .await
+            .expect("the lock wait is bounded");
+    assert!(matches!(blocked, Err(StoreError::Transient(_))), "{blocked:?}");
+    holder.query_drop("COMMIT").await.expect("commit");
+    assert_eq!(
+        store.release_partition(queue.id, PartitionId(0), worker, Epoch(1)).await.expect("released"),
+        Epoch(2)
+    );
+    db.drop_database().await;
+}
+
+/// A grant decides on its target's liveness under a lock: while a registration (or any
+/// change) of that worker holds its row, the plan waits for it and then decides on what it
+/// committed, never on the state before it.
+#[tokio::test]
+async fn a_grant_waits_for_a_change_of_its_targets_liveness() {
+    let db = ScratchMysql::create().await;
+    let store = std::sync::Arc::new(connect(&db).await.expect("connect"));
+    let (queue, worker, fence) = leader_and_worker(&store, 1).await;
+
+    // A change of the worker under way: its row locked and its session ended, not committed.
+    let mut change = db.admin().await;
+    change.query_drop("START TRANSACTION").await.expect("begin");
+    change
+        .exec_drop(
+            format!("UPDATE {}.helix_workers SET status = 'LEFT' WHERE id = ?", db.name()),
+            (worker.as_bytes().to_vec(),),
+        )
+        .await
+        .expect("end the session");
+    let plan = {
+        let store = std::sync::Arc::clone(&store);
+        let grant = PlanChange::Grant { partition: PartitionId(0), expected_epoch: Epoch(0), to: worker };
+        tokio::spawn(async move { store.apply_plan(&fence, queue.id, &[grant]).await })
+    };
+    // Wait until the plan waits on the worker's row (or has finished without waiting).
+    let mut watcher = db.admin().await;
+    let deadline = tokio::time::Instant::now() + NO_HANG;
+    let waited = loop {
+        let waiting: Option<u64> = watcher
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_wait_started IS NOT NULL",
+            )
+            .await
+            .expect("transactions");
+        if waiting.unwrap_or(0) > 0 {
+            break true;
+        }
+        if plan.is_finished() || tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        // A poll interval, not a synchronisation: InnoDB refreshes this view at most every
+        // 100 ms, and not while it is read back to back.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+    change.query_drop("COMMIT").await.expect("commit");
+    let outcome = plan.await.expect("plan task").expect("plan");
+    assert!(waited, "the plan read the target's liveness without waiting for the change: {outcome:?}");
+    assert_eq!(outcome.skipped, vec![(PartitionId(0), helix_store::SkipReason::TargetNotLive)]);
+    assert_eq!(store.assignments(queue.id).await.expect("rows").rows[0].owner, None);
+    db.drop_database().await;
+}
+
+/// A TCP proxy to the test server that can freeze: while frozen it forwards nothing either
+/// way but keeps both connections open, as a paused process or a partitioned network does.
+struct FreezingProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(server: &url::Url) -> Self {
+        use std::sync::atomic::Ordering;
+        let upstream = format!("{}:{}", server.host_str().expect("a host"), server.port().unwrap_or(3306));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [(cr, sw), (sr, cw)] {
+                    let flag = std::sync::Arc::clone(&flag);
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            // Held while frozen: the bytes never reach the other side.
+                            while flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, frozen, task }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A client that stops in the middle of a transaction (frozen after its plan took the
+/// coordinator, queue and assignment row locks) does not keep those locks: MariaDB ends the
+/// idle transaction after the store's `idle_transaction_timeout`, and another coordinator
+/// write goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_transaction_is_ended_by_the_server() {
+    let db = ScratchMysql::create().await;
+    let direct = connect(&db).await.expect("connect");
+    let (queue, worker, fence) = leader_and_worker(&direct, 1).await;
+
+    let proxy = FreezingProxy::start(db.url()).await;
+    let mut url = db.url().clone();
+    url.set_port(Some(proxy.port)).expect("port");
+    url.set_query(Some("prefer_socket=false"));
+    let options = ConnectOptions { pool_size: 1, ..ConnectOptions::default() };
+    let stalling = std::sync::Arc::new(MysqlStore::connect(&url, &options).await.expect("connect via proxy"));
+
+    // The worker's row is locked elsewhere, so the plan stops inside its transaction, after
+    // its own locks, waiting for that one.
+    let mut change = db.admin().await;
+    change.query_drop("START TRANSACTION").await.expect("begin");
+    change
+        .exec_drop(
+            format!("SELECT id FROM {}.helix_workers WHERE id = ? FOR UPDATE", db.name()),
+            (worker.as_bytes().to_vec(),),
+        )
+        .await
+        .expect("lock the worker row");
+    let plan = {
+        let (stalling, fence) = (std::sync::Arc::clone(&stalling), fence.clone());
+        let grant = PlanChange::Grant { partition: PartitionId(0), expected_epoch: Epoch(0), to: worker };
+        tokio::spawn(async move { stalling.apply_plan(&fence, queue.id, &[grant]).await })
+    };
+    let mut watcher = db.admin().await;
+    let deadline = tokio::time::Instant::now() + NO_HANG;
+    loop {
+        let waiting: Option<u64> = watcher
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_wait_started IS NOT NULL",
+            )
+            .await
+            .expect("transactions");
+        if waiting.unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline && !plan.is_finished(), "the plan never waited");
+        // A poll interval: InnoDB refreshes this view at most every 100 ms.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The client stops; its statement completes on the server and the transaction sits idle
+    // with its locks.
+    proxy.freeze();
+    change.query_drop("COMMIT").await.expect("commit");
+
+    // Another coordinator write needs the coordinator row the frozen transaction holds.
+    let deadline = tokio::time::Instant::now() + NO_HANG;
+    loop {
+        match direct.mark_workers_dead(&fence, &[]).await {
+            Ok(_) => break,
+            Err(err) => {
+                assert!(err.is_retryable(), "{err}");
+                assert!(tokio::time::Instant::now() < deadline, "the abandoned transaction kept its locks");
+            }
+        }
+    }
+    plan.abort();
+    proxy.task.abort();
+    db.drop_database().await;
+}
+
+/// The coordinator's snapshot of a queue takes no lock: a writer holding the queue row in an
+/// open transaction does not make it wait, and it sees the last committed version and rows.
+#[tokio::test]
+async fn a_snapshot_of_assignments_does_not_wait_for_a_writer() {
+    let db = ScratchMysql::create().await;
+    let store = connect(&db).await.expect("connect");
+    let (queue, worker, fence) = leader_and_worker(&store, 2).await;
+    let grant = PlanChange::Grant { partition: PartitionId(0), expected_epoch: Epoch(0), to: worker };
+    store.apply_plan(&fence, queue.id, &[grant]).await.expect("grant");
+
+    let mut writer = db.admin().await;
+    writer.query_drop("START TRANSACTION").await.expect("begin");
+    writer
+        .query_drop(format!(
+            "UPDATE {}.helix_queues SET assignment_version = assignment_version + 1 WHERE id = {}",
+            db.name(),
+            queue.id.0
+        ))
+        .await
+        .expect("a writer holds the queue row");
+    let snapshot = store.assignments(queue.id).await.expect("read while the writer holds the row");
+    assert_eq!(snapshot.assignment_version, 1, "the committed version");
+    assert_eq!(snapshot.rows[0].owner, Some(worker));
+    writer.query_drop("ROLLBACK").await.expect("rollback");
     db.drop_database().await;
 }

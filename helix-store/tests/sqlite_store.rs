@@ -336,7 +336,15 @@ async fn a_plan_over_the_largest_queue_is_applied_at_once() {
             .iter()
             .all(|r| r.owner == Some(worker) && r.epoch == Epoch(1) && r.coordinator_term == term)
     );
-    let events = store.events_since(last_event, u32::MAX).await.expect("events");
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(last_event, |e: &helix_store::Event| e.id);
+        let page = store.events_since(after, u32::MAX).await.expect("events");
+        if page.is_empty() {
+            break;
+        }
+        events.extend(page);
+    }
     assert_eq!(events.len(), changes.len());
     assert!(events.iter().all(|e| e.kind == EventKind::PartitionGranted && e.worker == Some(worker)));
     assert!(events.windows(2).all(|w| w[0].id < w[1].id && w[0].partition < w[1].partition));

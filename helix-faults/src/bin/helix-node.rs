@@ -120,6 +120,7 @@ impl Args {
             revoke_timeout: self.revoke_timeout,
             revoke_cooldown: self.revoke_cooldown,
             rejoin_delay: self.rejoin_delay,
+            ..ClusterConfig::default()
         }
     }
 }

@@ -15,6 +15,13 @@
 //!   row (`holder = me AND term = my_term AND expires_at > NOW(6)`) before they write; owner
 //!   writes are one conditional `UPDATE … WHERE owner = ? AND epoch = ?`; both in the
 //!   transaction of the write.
+//! - **Bounded sessions.** Every connection is opened within `connect_timeout` (1 s by
+//!   default) and runs with a short lock wait (`innodb_lock_wait_timeout`, 1 s), TCP keepalive
+//!   (10 s) and, on MariaDB, `idle_transaction_timeout` (5 s: the server ends a transaction
+//!   its client abandoned, releasing its locks) and `max_statement_time` (10 s); see
+//!   [`ConnectOptions`]. The pool replaces connections after 30 min, or 5 min idle. A client
+//!   that stalls inside a transaction therefore costs the others a lock wait of about a
+//!   second per attempt (a transient error, retried), never a round.
 //! - **Retries.** Deadlocks (1213), lock wait timeouts (1205) and lost connections are
 //!   retried with the policy of `retry.rs`; a connection that was lost is dropped from the
 //!   pool. `Fenced` and the other answers are never retried.
@@ -60,9 +67,40 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
 /// The most placeholders one statement binds (MySQL's limit is 65,535).
 pub(crate) const MAX_BINDS: usize = 60_000;
 
-/// Statements every new pooled connection runs before it is used.
+/// Statements every new pooled connection runs before it is used, on MySQL and MariaDB.
 const SESSION_SETUP: [&str; 2] =
     ["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", "SET time_zone = '+00:00'"];
+
+/// The TCP keepalive of every connection: a peer that vanished (a partition, a dead host) is
+/// found out by the kernel within about this much idle time, and the server ends the
+/// session (and its transaction) of a client that vanished the same way.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// A pooled connection is closed and replaced after this long, so connections follow a
+/// failover or a load balancer's changes.
+const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// A pooled connection idle for this long is closed.
+const MAX_CONNECTION_IDLE: Duration = Duration::from_secs(5 * 60);
+
+/// Whole seconds, at least 1: MySQL's lock and idle timeouts take integers.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
+}
+
+/// The per-session bounds of `options`: the lock wait on both servers; on MariaDB also the
+/// idle-transaction timeout and the statement bound (MySQL has neither variable).
+fn session_bounds(options: &ConnectOptions, mariadb: bool) -> Vec<String> {
+    let mut statements =
+        vec![format!("SET SESSION innodb_lock_wait_timeout = {}", whole_seconds(options.lock_wait_timeout))];
+    if mariadb {
+        statements.push(format!(
+            "SET SESSION idle_transaction_timeout = {}",
+            whole_seconds(options.idle_transaction_timeout)
+        ));
+        statements
+            .push(format!("SET SESSION max_statement_time = {:.3}", options.statement_timeout.as_secs_f64()));
+    }
+    statements
+}
 
 /// The MySQL / MariaDB store. Cheap to share behind an `Arc`; it holds a pool of at most
 /// [`ConnectOptions::pool_size`] connections.
@@ -254,25 +292,42 @@ impl MysqlStore {
         if options.connect_timeout.is_zero() {
             return Err(StoreError::Invalid("connect timeout must be more than zero".to_owned()));
         }
+        for (what, bound) in [
+            ("lock wait timeout", options.lock_wait_timeout),
+            ("idle transaction timeout", options.idle_transaction_timeout),
+        ] {
+            if bound.is_zero() || bound > Duration::from_secs(86_400) {
+                return Err(StoreError::Invalid(format!(
+                    "{what} must be between 1 s and a day, not {bound:?}"
+                )));
+            }
+        }
         let redacted = StoreUrl::Mysql(url.clone()).redacted();
         let scrub = Scrubber::new(url);
         let opts = mysql_async::Opts::from_url(url.as_str()).map_err(|e| {
             StoreError::Invalid(scrub.clean(format!("mysql url {redacted} is not usable: {e}")))
         })?;
+        let keepalive = u32::try_from(TCP_KEEPALIVE.as_millis()).unwrap_or(u32::MAX);
         let opts: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(opts)
             .client_found_rows(true)
             .stmt_cache_size(0usize)
+            .tcp_keepalive(Some(keepalive))
             .init(SESSION_SETUP.to_vec())
             .into();
         let timeout = options.connect_timeout;
+        let bounds = (session_bounds(options, false), session_bounds(options, true));
         let mut config = ManagerConfig::<AsyncMysqlConnection>::default();
         // No test query on every checkout: a lost connection fails its first statement, is
         // classified transient, dropped from the pool (see `settle`) and retried.
         config.recycling_method = RecyclingMethod::Fast;
-        config.custom_setup = Box::new(move |_url| establish(opts.clone(), timeout).boxed());
+        config.custom_setup = Box::new(move |_url| establish(opts.clone(), timeout, bounds.clone()).boxed());
         let manager = AsyncDieselConnectionManager::new_with_config(redacted.clone(), config);
-        let pool =
-            Pool::builder().max_size(options.pool_size).connection_timeout(timeout).build_unchecked(manager);
+        let pool = Pool::builder()
+            .max_size(options.pool_size)
+            .connection_timeout(timeout)
+            .max_lifetime(Some(MAX_CONNECTION_LIFETIME))
+            .idle_timeout(Some(MAX_CONNECTION_IDLE))
+            .build_unchecked(manager);
 
         // The first connection without the pool's retries, so a refused login says why.
         let conn = match tokio::time::timeout(timeout, pool.dedicated_connection()).await {
@@ -324,16 +379,27 @@ impl MysqlStore {
     }
 }
 
-/// Opens one connection, within `timeout`, and sets its session up.
+/// Opens one connection and sets its session up (`SESSION_SETUP`, then the bounds of the
+/// server's flavour: `bounds.0` on MySQL, `bounds.1` on MariaDB), all within `timeout`.
 async fn establish(
     opts: mysql_async::Opts,
     timeout: Duration,
+    bounds: (Vec<String>, Vec<String>),
 ) -> diesel::ConnectionResult<AsyncMysqlConnection> {
-    let conn = tokio::time::timeout(timeout, mysql_async::Conn::new(opts))
+    use mysql_async::prelude::Queryable;
+    let bad = |e: mysql_async::Error| ConnectionError::BadConnection(e.to_string());
+    let setup = async move {
+        let mut conn = mysql_async::Conn::new(opts).await.map_err(bad)?;
+        let version: Option<String> = conn.query_first("SELECT VERSION()").await.map_err(bad)?;
+        let mariadb = version.is_some_and(|v| v.to_ascii_lowercase().contains("mariadb"));
+        for statement in if mariadb { &bounds.1 } else { &bounds.0 } {
+            conn.query_drop(statement.as_str()).await.map_err(bad)?;
+        }
+        AsyncMysqlConnection::try_from(conn).await
+    };
+    tokio::time::timeout(timeout, setup)
         .await
         .map_err(|_| ConnectionError::BadConnection(format!("no answer within {timeout:?}")))?
-        .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
-    AsyncMysqlConnection::try_from(conn).await
 }
 
 /// Checks the schema version and runs the migrations on `conn`, holding a named lock of the
@@ -344,6 +410,9 @@ async fn prepare_schema(
     timeout: Duration,
     scrub: &Scrubber,
 ) -> StoreResult<AsyncMysqlConnection> {
+    // Migrations (and the wait for another process's) may take longer than any statement
+    // bound of the pooled sessions.
+    ops::unbounded_statements(&mut conn).await.map_err(|e| to_store(e, scrub))?;
     let wait = i64::try_from(timeout.as_secs().max(1)).unwrap_or(i64::MAX);
     let locked = ops::named_lock(&mut conn, wait).await.map_err(|e| to_store(e, scrub))?;
     if !locked {
@@ -487,7 +556,12 @@ impl Store for MysqlStore {
     }
 
     async fn assignments(&self, queue: QueueId) -> StoreResult<QueueAssignments> {
-        run!(self, "assignments", |conn| tx!(conn, ops::assignments(conn, queue)))
+        // One REPEATABLE READ snapshot for the version and the rows, read without locks: the
+        // coordinator's snapshot never waits for (nor blocks) a writer.
+        run!(self, "assignments", |conn| async {
+            ops::snapshot_next_transaction(conn).await?;
+            tx!(conn, ops::assignments(conn, queue)).await
+        })
     }
 
     async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>> {

@@ -324,6 +324,26 @@ struct HeartbeatRow {
 
 // ---- shared pieces ----------------------------------------------------------------------
 
+/// Makes the next transaction of this session REPEATABLE READ (the session stays READ
+/// COMMITTED): its plain reads then share one snapshot and take no locks.
+pub(super) async fn snapshot_next_transaction(conn: &mut Conn) -> Res<()> {
+    diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(conn).await?;
+    Ok(())
+}
+
+/// Lifts MariaDB's statement bound on this session (migrations); nothing on MySQL, which has
+/// none.
+pub(super) async fn unbounded_statements(conn: &mut Conn) -> Res<()> {
+    let row: FlagRow =
+        diesel::sql_query("SELECT CAST(LOCATE('mariadb', LOWER(VERSION())) > 0 AS SIGNED) AS flag")
+            .get_result(conn)
+            .await?;
+    if row.flag == Some(1) {
+        diesel::sql_query("SET SESSION max_statement_time = 0").execute(conn).await?;
+    }
+    Ok(())
+}
+
 /// Takes the migration lock of this database, waiting at most `wait_secs`.
 pub(super) async fn named_lock(conn: &mut Conn, wait_secs: i64) -> Res<bool> {
     let row: FlagRow = diesel::sql_query("SELECT GET_LOCK(CONCAT('helix_migrate.', DATABASE()), ?) AS flag")
@@ -582,7 +602,10 @@ pub(super) async fn register_worker(conn: &mut Conn, registration: &WorkerRegist
     let id = bytes(registration.id);
     // Lock order, as every assignment writer: queue rows first (the subscribed ones, which
     // must exist, and those of the rows the id owns, whose versions adoption bumps), in id
-    // order; then the worker row; then the assignment rows.
+    // order; then the worker row; then the assignment rows. (A grant to this id that commits
+    // between the read of `owned` and the worker row lock adds a queue not locked here;
+    // adoption then locks it last. That rare order can deadlock with a plan on that queue;
+    // InnoDB breaks it at once and the loser is retried as a transient failure.)
     let subscribed: Vec<i64> = registration
         .subscriptions
         .iter()
@@ -1055,15 +1078,14 @@ pub(super) async fn get_lease(conn: &mut Conn, cluster: &ClusterName) -> Res<Opt
 
 pub(super) async fn assignments(conn: &mut Conn, queue: QueueId) -> Res<QueueAssignments> {
     let key = to_i64(queue.0, "queue id")?;
-    // The shared lock on the queue row waits for any writer of its assignments (they all
-    // bump the version, which locks that row) so the version and the rows match.
-    let version: Option<FlagRow> = diesel::sql_query(
-        "SELECT assignment_version AS flag FROM helix_queues WHERE id = ? LOCK IN SHARE MODE",
-    )
-    .bind::<BigInt, _>(key)
-    .get_result(conn)
-    .await
-    .optional()?;
+    // Inside a REPEATABLE READ transaction (`snapshot_next_transaction`): both reads see one
+    // snapshot, so the version and the rows match, with no lock taken.
+    let version: Option<FlagRow> =
+        diesel::sql_query("SELECT assignment_version AS flag FROM helix_queues WHERE id = ?")
+            .bind::<BigInt, _>(key)
+            .get_result(conn)
+            .await
+            .optional()?;
     let version =
         version.and_then(|v| v.flag).ok_or_else(|| StoreError::NotFound(format!("queue {queue}")))?;
     let rows: Vec<AssignmentRow> = helix_assignments::table

@@ -212,7 +212,7 @@ impl SqliteStore {
     /// a private in-memory database for `None`, checks the schema version and, when
     /// `options.run_migrations`, applies pending migrations.
     ///
-    /// Every connection waits up to `options.connect_timeout` for SQLite's locks (the busy
+    /// Every connection waits up to `options.busy_timeout` for SQLite's locks (the busy
     /// timeout), uses the WAL journal (files), `synchronous = NORMAL` and foreign keys. At most
     /// `options.pool_size` connections are open at once; an in-memory database has exactly
     /// one, since each `:memory:` connection is a database of its own.
@@ -223,7 +223,7 @@ impl SqliteStore {
     /// binary does not know, [`StoreError::Database`] when a migration fails.
     pub async fn open(path: Option<&Path>, options: &ConnectOptions) -> StoreResult<Self> {
         let target = path.map_or(Target::Memory, |p| Target::File(p.to_path_buf()));
-        let pool = Pool::new(target, options.pool_size, options.connect_timeout, options.connect_timeout);
+        let pool = Pool::new(target, options.pool_size, options.busy_timeout, options.busy_timeout);
         let run_migrations = options.run_migrations;
         pool.run(move |conn| prepare_schema(conn, run_migrations)).await?;
         Ok(Self { pool })
