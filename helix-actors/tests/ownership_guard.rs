@@ -271,9 +271,12 @@ async fn a_guarded_ticker_stops_when_the_session_is_lost() {
     wait_until!("a ticks", ticks.of(a, first).len() >= 5);
     let session = status(&sa).await.session_epoch.expect("registered");
 
-    // Another session takes the id over (the store's view of a superseding process).
+    // The session ends in the store behind the worker's back and another process takes the
+    // id over (the store's view of a superseding process; a live id cannot be taken over).
+    env.mem.deregister_worker(a, session).await.expect("end the session in the store");
     env.mem.register_worker(&env.registration(a)).await.expect("register the id again");
-    wait_until!("a's session learned it was superseded", status(&sa).await.session_epoch != Some(session));
+    // A superseded session stops for good (DESIGN §4 rule 8).
+    wait_until!("a's session learned it was superseded", !sa.connected());
     let ownership = ticks.of(a, first).first().map(|t| t.ownership).expect("a ticked");
     let before = ticks.all().iter().filter(|t| t.ownership == ownership).count();
     tokio::time::sleep(Duration::from_secs(2)).await;

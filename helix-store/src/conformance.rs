@@ -1393,7 +1393,10 @@ pub async fn a_live_worker_id_cannot_register_again(b: &dyn Backend) {
         other => panic!("a live id registered again: {other:?}"),
     }
     assert!(!refused.expect_err("refused").is_retryable(), "not retried by the store");
-    assert!(matches!(store.heartbeat(id, first.session_epoch, LONG).await.expect("hb"), Heartbeat::Renewed { .. }));
+    assert!(matches!(
+        store.heartbeat(id, first.session_epoch, LONG).await.expect("hb"),
+        Heartbeat::Renewed { .. }
+    ));
     let w = store.get_worker(id).await.expect("get");
     assert_eq!(
         (w.session_epoch, w.subscriptions.len()),

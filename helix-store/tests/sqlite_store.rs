@@ -229,7 +229,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         match SqliteStore::open(Some(&path), &options).await {
             Err(StoreError::SchemaTooNew { database, binary }) => {
                 assert_eq!(database, "99991231000000");
-                assert_eq!(binary, "20261130000001");
+                assert_eq!(binary, "20261130000002");
             }
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
