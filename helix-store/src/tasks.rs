@@ -2,16 +2,7 @@
 //! looks like when read, and what the owner-fenced batch writes answer. The decisions live in
 //! [`crate::rules::tasks`]; the guarantees are written down in `docs/tasks.md`.
 //!
-//! A task's life, and where its row lives:
-//!
-//! | state | table | meaning |
-//! |---|---|---|
-//! | `PENDING` | `helix_tasks` | waits for `run_at`, then for its partition's owner to claim it |
-//! | `RUNNING` | `helix_tasks` | claimed by `claimed_by` under `claimed_epoch` |
-//! | `CANCELLING` | `helix_tasks` | running, and cancelled meanwhile: the owner's next write for it ends it as `CANCELLED` |
-//! | `DONE` | `helix_task_history` | completed by its owner |
-//! | `DEAD` | `helix_task_history` | failed on its last allowed attempt (a dead letter) |
-//! | `CANCELLED` | `helix_task_history` | cancelled before it finished |
+//! A task's life is described on [`TaskState`].
 
 use std::fmt;
 use std::time::Duration;
@@ -55,7 +46,18 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// Where a task is in its life; see the [module documentation](self) for the table.
+/// Where a task is in its life.
+///
+/// A task's life, and where its row lives:
+///
+/// | state | table | meaning |
+/// |---|---|---|
+/// | `PENDING` | `helix_tasks` | waits for `run_at`, then for its partition's owner to claim it |
+/// | `RUNNING` | `helix_tasks` | claimed by `claimed_by` under `claimed_epoch` |
+/// | `CANCELLING` | `helix_tasks` | running, and cancelled meanwhile: the owner's next write for it ends it as `CANCELLED` |
+/// | `DONE` | `helix_task_history` | completed by its owner |
+/// | `DEAD` | `helix_task_history` | failed on its last allowed attempt (a dead letter) |
+/// | `CANCELLED` | `helix_task_history` | cancelled before it finished |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskState {
