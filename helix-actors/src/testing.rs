@@ -108,6 +108,8 @@ pub struct CutOffStore {
     poll_delay: Arc<AtomicU64>,
     /// How many assignment polls went through the link.
     polls: Arc<AtomicU64>,
+    /// How many more renewals that say assignments moved commit and lose their answer.
+    lose_moved: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 const CONNECTED: u8 = 0;
@@ -123,7 +125,16 @@ impl CutOffStore {
             lost: Arc::default(),
             poll_delay: Arc::default(),
             polls: Arc::default(),
+            lose_moved: Arc::default(),
         }
+    }
+
+    /// The next `heartbeats` heartbeats whose renewal says that assignments moved commit in
+    /// the store, then their answer is lost: the caller gets [`StoreError::Unavailable`], as
+    /// when the connection dies between the commit and the reply. Other heartbeats, and later
+    /// ones, go through.
+    pub fn lose_moved_heartbeats(&self, heartbeats: usize) {
+        self.lose_moved.store(heartbeats, Ordering::SeqCst);
     }
 
     /// The next `calls` calls never answer, whatever happens to the link afterwards: as if
@@ -224,7 +235,15 @@ impl Store for CutOffStore {
         session_epoch: SessionEpoch,
         session_timeout: Duration,
     ) -> StoreResult<Heartbeat> {
-        self.link().await?.heartbeat(worker, session_epoch, session_timeout).await
+        let answer = self.link().await?.heartbeat(worker, session_epoch, session_timeout).await?;
+        if matches!(answer, Heartbeat::Renewed { assignments_moved: true })
+            && self.lose_moved.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        {
+            return Err(StoreError::Unavailable(
+                "the heartbeat's answer was lost after it committed".to_owned(),
+            ));
+        }
+        Ok(answer)
     }
     async fn set_worker_status(
         &self,

@@ -281,3 +281,24 @@ async fn an_idle_worker_polls_only_when_its_assignments_move_and_still_starts_gr
     assert!(took <= interval + Duration::from_millis(20), "running {took:?} after the grant");
     cluster.check_invariants().await.expect("invariants");
 }
+
+/// A renewal that commits but whose answer is lost takes with it the news that assignments
+/// moved (the store records what the worker has seen): the worker must poll after a failed
+/// heartbeat, or a partition granted to it stays owned and runs nowhere.
+#[actix::test]
+async fn a_grant_whose_heartbeat_answer_was_lost_still_runs() {
+    let (mut cluster, queue, owner) = one_owner(ClusterConfig::default(), 4, noop_handler()).await;
+    let newcomer = cluster.add_worker(&[(&queue, 1)], noop_handler());
+    let shared = || async { cluster.loads(&queue).await.expect("loads").len() == 2 };
+    assert!(cluster.wait_until(LIMIT, shared).await, "the newcomer got its share");
+    assert!(cluster.wait_until(LIMIT, || async { cluster.check_settled(&queue).await.is_ok() }).await);
+
+    // Every renewal that would tell the owner about the grant loses its answer.
+    owner.link().lose_moved_heartbeats(usize::MAX);
+    cluster.kill(&newcomer);
+    let owned =
+        || async { cluster.partition_map(&queue).await.expect("map").iter().all(|o| *o == Some(owner.id())) };
+    assert!(cluster.wait_until(LIMIT, owned).await, "granted back");
+    assert!(all_run_on(&cluster, &queue, &owner, LIMIT).await, "the granted partitions run on their owner");
+    cluster.check_invariants().await.expect("invariants");
+}

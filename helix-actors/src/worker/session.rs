@@ -465,7 +465,10 @@ impl WorkerSession {
                     }
                 }
                 Err(error) => {
+                    // The renewal may have committed with its answer lost, and with it the news
+                    // that assignments moved (the store records what the worker has seen): poll.
                     warn!(worker = %act.id(), session_epoch = %session, %error, "heartbeat failed");
+                    act.poll_wanted_seq += 1;
                 }
             }
         }));
@@ -560,10 +563,10 @@ impl WorkerSession {
             return;
         }
         // A renewal processed after the deadline passed (the fence timer has not run yet, for
-        // example after the process was paused) never revives the ownerships of before.
-        if self.is_fenced() && !self.slots.is_empty() {
-            warn!(worker = %self.id(), "renewed after the fence deadline, stopping every partition");
-            self.stop_all("self-fenced");
+        // example after the process was paused) never revives the ownerships of before: it
+        // fences as the timer would have, and the poll it owes brings back what is still owned.
+        if self.is_fenced() {
+            self.fence_lapsed();
         }
         self.fenced_at = Some(fenced_at);
         self.fence.set(fenced_at);
@@ -573,17 +576,22 @@ impl WorkerSession {
         let wait = fenced_at.saturating_duration_since(Instant::now());
         self.fence_timer = Some(ctx.run_later(wait, |act, _| {
             act.fence_timer = None;
-            if !act.is_fenced() {
-                return;
-            }
-            act.fence_generation += 1;
-            // Once a renewal lifts the fence, a poll brings back what is still owned.
-            act.poll_wanted_seq += 1;
-            if !act.slots.is_empty() {
-                warn!(worker = %act.id(), "lease not renewed in time, fencing: stopping every partition");
-                act.stop_all("self-fenced");
+            if act.is_fenced() {
+                act.fence_lapsed();
             }
         }));
+    }
+
+    /// The fence deadline passed (seen by the fence timer, or by a renewal processed late):
+    /// answers still in flight are dropped, every partition stops at once, and a poll is owed,
+    /// so that once a renewal lifts the fence the partitions still owned run again.
+    fn fence_lapsed(&mut self) {
+        self.fence_generation += 1;
+        self.poll_wanted_seq += 1;
+        if !self.slots.is_empty() {
+            warn!(worker = %self.id(), "lease not renewed in time, fencing: stopping every partition");
+            self.stop_all("self-fenced");
+        }
     }
 
     /// Stops every partition at once, without draining: ends every ownership (no message,

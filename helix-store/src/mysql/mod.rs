@@ -496,7 +496,22 @@ impl Store for MysqlStore {
         session_timeout: Duration,
     ) -> StoreResult<Heartbeat> {
         validate_lease_duration("session timeout", session_timeout)?;
-        run!(self, "heartbeat", |conn| ops::heartbeat(conn, worker, session_epoch, session_timeout))
+        // A renewal that is tried again may have committed the first time, answer lost, and
+        // with it the record of the assignment versions the worker has seen: a renewal on a
+        // second attempt therefore reports that assignments moved, so the worker polls.
+        let mut attempts = 0_u32;
+        run!(self, "heartbeat", |conn| {
+            attempts += 1;
+            let retried = attempts > 1;
+            let renewal = ops::heartbeat(conn, worker, session_epoch, session_timeout);
+            async move {
+                let answer = renewal.await?;
+                Ok(match answer {
+                    Heartbeat::Renewed { .. } if retried => Heartbeat::Renewed { assignments_moved: true },
+                    answer => answer,
+                })
+            }
+        })
     }
 
     async fn set_worker_status(
