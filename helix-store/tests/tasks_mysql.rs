@@ -21,7 +21,10 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let database = ScratchMysql::create().await;
-    let store = MysqlStore::connect(database.url(), &ConnectOptions::default()).await.expect("connect");
+    // A generous connect timeout: these tests are about lock waits, and a server busy with
+    // other tests' scratch databases may take over the default second to accept a connection.
+    let options = ConnectOptions { connect_timeout: Duration::from_secs(10), ..ConnectOptions::default() };
+    let store = MysqlStore::connect(database.url(), &options).await.expect("connect");
     store.create_domain(&DomainName::new("shop").expect("name")).await.expect("domain");
     let spec = QueueSpec::new(
         DomainName::new("shop").expect("name"),
@@ -47,8 +50,9 @@ async fn pending(f: &Fixture) -> Vec<helix_store::TaskRecord> {
     f.store.list_tasks(f.queue, TaskState::Pending, None, 100).await.expect("list")
 }
 
-/// Waits, up to a generous deadline, until some transaction on the server waits for a lock.
-async fn until_a_lock_wait(f: &Fixture) {
+/// Waits, up to a generous deadline, until some transaction on the server waits for a lock;
+/// fails at once if `waiter` finished without waiting.
+async fn until_a_lock_wait<T>(f: &Fixture, waiter: &tokio::task::JoinHandle<T>) {
     let mut admin = f.database.admin().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -59,6 +63,7 @@ async fn until_a_lock_wait(f: &Fixture) {
         if waiting.unwrap_or(0) > 0 {
             return;
         }
+        assert!(!waiter.is_finished(), "the enqueue finished without waiting for the uncommitted key");
         assert!(tokio::time::Instant::now() < deadline, "no enqueue waited for the uncommitted key");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -107,7 +112,7 @@ async fn a_rolled_back_dedup_holder_leaves_the_key_to_the_waiting_enqueue() {
         let (store, queue) = (f.store.clone(), f.queue);
         tokio::spawn(async move { store.enqueue_task(queue, &keyed("k")).await })
     };
-    until_a_lock_wait(&f).await;
+    until_a_lock_wait(&f, &waiter).await;
     holder.batch_execute("ROLLBACK").await.expect("rollback");
 
     let second = waiter.await.expect("join").expect("enqueue");
@@ -130,7 +135,7 @@ async fn a_committed_dedup_holder_answers_the_waiting_enqueue() {
         let (store, queue) = (f.store.clone(), f.queue);
         tokio::spawn(async move { store.enqueue_tasks(queue, &[keyed("j"), keyed("k")]).await })
     };
-    until_a_lock_wait(&f).await;
+    until_a_lock_wait(&f, &waiter).await;
     holder.batch_execute("COMMIT").await.expect("commit");
 
     let answers = waiter.await.expect("join").expect("enqueue");

@@ -164,12 +164,22 @@ impl Drop for Ticker {
 /// dropped when it ends; dropping the handler stops it too.
 fn spawn_ticker(ctx: &PartitionContext, log: LogWriter, every: Duration) -> Ticker {
     let (worker, queue, partition, epoch) = (ctx.worker, ctx.queue, ctx.partition, ctx.epoch);
+    let guard = ctx.guard().clone();
     Ticker(ctx.guard().spawn(async move {
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            if let Err(error) = log.append(&Record::Tick(Tick::now(worker, queue, partition, epoch))) {
+            // The guard gates every poll, but a poll already under way when the process is
+            // paused finishes after it wakes. So the tick's instant is taken first and the
+            // tick is recorded only if the ownership still held after that instant: what the
+            // log says ticked at a time was owned at that time (docs/protocol.md, "What
+            // self-fencing cannot see").
+            let tick = Tick::now(worker, queue, partition, epoch);
+            if !guard.is_held() {
+                break;
+            }
+            if let Err(error) = log.append(&Record::Tick(tick)) {
                 eprintln!("helix-node: error: writing the tick log: {error}");
                 std::process::exit(EXIT_LOG_FAILED);
             }
