@@ -302,3 +302,17 @@ async fn a_grant_whose_heartbeat_answer_was_lost_still_runs() {
     assert!(all_run_on(&cluster, &queue, &owner, LIMIT).await, "the granted partitions run on their owner");
     cluster.check_invariants().await.expect("invariants");
 }
+
+/// A store request of the session that never answers (its connection went silent) is given up
+/// at its bound (DESIGN §4 rule 11): the session goes on heartbeating and the worker runs its
+/// partitions again, instead of waiting for that answer forever.
+#[actix::test]
+async fn a_session_request_that_never_answers_is_given_up_at_its_bound() {
+    let (cluster, queue, owner) = one_owner(ClusterConfig::default(), 4, noop_handler()).await;
+    // An idle worker's next request is its heartbeat.
+    owner.link().lose_next(1);
+    let fenced = || async { owner.status().await.is_ok_and(|s| s.partitions.is_empty()) };
+    assert!(cluster.wait_until(LIMIT, fenced).await, "the worker fenced itself without its renewal");
+    assert!(all_run_on(&cluster, &queue, &owner, LIMIT).await, "the partitions run on their owner again");
+    cluster.check_invariants().await.expect("invariants");
+}

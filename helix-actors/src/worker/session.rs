@@ -393,6 +393,12 @@ impl WorkerSession {
     }
 
     /// Whether the worker may act on its own account now.
+    /// The bound of each store request of the session: `session_timeout − safety_margin`, as
+    /// long as the lease it serves is trusted (DESIGN §4 rule 11).
+    fn call_bound(&self) -> Duration {
+        self.config.session_timeout.saturating_sub(self.config.safety_margin)
+    }
+
     fn is_fenced(&self) -> bool {
         self.fenced_at.is_none_or(|at| Instant::now() >= at)
     }
@@ -440,7 +446,9 @@ impl WorkerSession {
         // Taken before the statement is sent: the store's expiry is at least `sent + timeout`.
         let sent = Instant::now();
         let stamp = self.stamp();
-        let heartbeat = async move { store.heartbeat(id, session, timeout).await };
+        let bound = self.call_bound();
+        let heartbeat =
+            bounded(bound, "heartbeat", async move { store.heartbeat(id, session, timeout).await });
         ctx.spawn(heartbeat.into_actor(self).map(move |outcome, act, ctx| {
             act.lease_busy = false;
             if !act.still_current(stamp, "heartbeat") {
@@ -482,7 +490,9 @@ impl WorkerSession {
         let store = Arc::clone(&self.store);
         let registration = self.registration.clone();
         let sent = Instant::now();
-        let register = async move { store.register_worker(&registration).await };
+        let bound = self.call_bound();
+        let register =
+            bounded(bound, "registration", async move { store.register_worker(&registration).await });
         ctx.spawn(register.into_actor(self).map(move |outcome, act, ctx| {
             act.lease_busy = false;
             match outcome {
@@ -518,7 +528,7 @@ impl WorkerSession {
         let store = Arc::clone(&self.store);
         let id = self.id();
         let stamp = self.stamp();
-        let read = async move { store.get_worker(id).await };
+        let read = bounded(self.call_bound(), "worker read", async move { store.get_worker(id).await });
         ctx.spawn(read.into_actor(self).map(move |outcome, act, ctx| {
             if !act.still_current(stamp, "worker read") || act.left {
                 return;
@@ -622,7 +632,7 @@ impl WorkerSession {
         let known: BTreeSet<QueueId> = self.queues.keys().copied().collect();
         let stamp = self.stamp();
         let wanted = self.poll_wanted_seq;
-        let poll = async move {
+        let poll = bounded(self.call_bound(), "assignment poll", async move {
             let rows = store.assignments_of(id).await?;
             let unknown: BTreeSet<QueueId> =
                 rows.iter().map(|r| r.queue_id).filter(|q| !known.contains(q)).collect();
@@ -634,7 +644,7 @@ impl WorkerSession {
                 }
             }
             StoreResult::Ok((rows, queues))
-        };
+        });
         ctx.spawn(poll.into_actor(self).map(move |outcome, act, ctx| {
             act.poll_busy = false;
             if !act.still_current(stamp, "assignment poll") {
@@ -759,6 +769,7 @@ impl WorkerSession {
         let store = Arc::clone(&self.store);
         let id = self.id();
         let stamp = self.stamp();
+        let bound = self.call_bound();
         let handoff = async move {
             if let Some(actor) = actor {
                 // An error means the actor already stopped: nothing left to drain.
@@ -768,7 +779,8 @@ impl WorkerSession {
             if let Some(guard) = guard {
                 guard.end();
             }
-            store.handoff(key.0, key.1, id, epoch).await
+            // Bounded from here: the drain has its own bound, `drain_timeout`.
+            bounded(bound, "handoff", store.handoff(key.0, key.1, id, epoch)).await
         };
         ctx.spawn(handoff.into_actor(self).map(move |outcome, act, ctx| {
             if !act.still_current(stamp, "handoff") {
@@ -861,7 +873,9 @@ impl WorkerSession {
         let store = Arc::clone(&self.store);
         let (id, detail) = (self.id(), detail.clone());
         let stamp = self.stamp();
-        let report = async move { store.fail_partition(key.0, key.1, id, epoch, &detail).await };
+        let report = bounded(self.call_bound(), "failure report", async move {
+            store.fail_partition(key.0, key.1, id, epoch, &detail).await
+        });
         ctx.spawn(report.into_actor(self).map(move |outcome, act, _| {
             if !act.still_current(stamp, "failure report") {
                 return;
@@ -920,18 +934,20 @@ impl WorkerSession {
         let (id, session) = (self.id(), self.session);
         // With a rejoin delay the partitions wait for this worker to come back (a restart).
         let keep = !self.config.rejoin_delay.is_zero();
+        let bound = self.call_bound();
         info!(worker = %id, partitions = self.slots.len(), keep, "leaving");
         let leave = async move {
             let mut outcome = LeaveOutcome::default();
             let Some(session) = session else {
                 return outcome;
             };
-            if let Err(error) = store.set_worker_status(id, session, WorkerStatus::Draining).await {
+            let draining = store.set_worker_status(id, session, WorkerStatus::Draining);
+            if let Err(error) = bounded(bound, "status change", draining).await {
                 warn!(worker = %id, %error, "could not mark the worker draining");
             }
             // Each partition actor bounds its own drain by drain_timeout.
             futures::future::join_all(drains).await;
-            match store.assignments_of(id).await {
+            match bounded(bound, "assignment read", store.assignments_of(id)).await {
                 Ok(rows) => {
                     for row in rows {
                         let key = (row.queue_id, row.partition);
@@ -941,9 +957,10 @@ impl WorkerSession {
                             continue;
                         }
                         let result = if revoking {
-                            store.handoff(key.0, key.1, id, row.epoch).await
+                            bounded(bound, "handoff", store.handoff(key.0, key.1, id, row.epoch)).await
                         } else {
-                            store.release_partition(key.0, key.1, id, row.epoch).await
+                            bounded(bound, "release", store.release_partition(key.0, key.1, id, row.epoch))
+                                .await
                         };
                         match result {
                             Ok(epoch) if revoking => {
@@ -962,7 +979,7 @@ impl WorkerSession {
                 }
                 Err(error) => warn!(worker = %id, %error, "could not read assignments to release them"),
             }
-            match store.deregister_worker(id, session).await {
+            match bounded(bound, "deregistration", store.deregister_worker(id, session)).await {
                 Ok(()) => outcome.deregistered = true,
                 Err(error) => warn!(worker = %id, %error, "could not deregister, the lease will expire"),
             }
@@ -1054,4 +1071,17 @@ impl Handler<PartitionFailure> for WorkerSession {
     fn handle(&mut self, failure: PartitionFailure, ctx: &mut Self::Context) {
         self.on_failure(failure, ctx);
     }
+}
+
+/// Bounds one store request of the session by `bound`: past it the request counts as failed
+/// with [`StoreError::Unavailable`] and the session goes on (a heartbeat or a poll is sent
+/// again on a later tick); the Store actor finishes or fails the statement on its own.
+async fn bounded<T>(
+    bound: Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!("{what} did not answer within {} ms", bound.as_millis())))
+    })
 }
