@@ -110,7 +110,14 @@ pub struct CutOffStore {
     polls: Arc<AtomicU64>,
     /// How many more renewals that say assignments moved commit and lose their answer.
     lose_moved: Arc<std::sync::atomic::AtomicUsize>,
+    /// The calls that hang forever.
+    hung: Arc<Mutex<BTreeSet<HungCall>>>,
+    /// When a hung call was first made.
+    first_hung: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
+
+/// A store method's name, and the queue its calls hang for (`None`: every call).
+type HungCall = (&'static str, Option<QueueId>);
 
 const CONNECTED: u8 = 0;
 const CUT_OFF: u8 = 1;
@@ -126,7 +133,36 @@ impl CutOffStore {
             poll_delay: Arc::default(),
             polls: Arc::default(),
             lose_moved: Arc::default(),
+            hung: Arc::default(),
+            first_hung: Arc::default(),
         }
+    }
+
+    /// Every later call of the [`Store`] method named `method` never answers; with a `queue`,
+    /// only calls for that queue (`assignments` is the method that names one). As a query
+    /// that a server never answers, whatever happens to the link afterwards.
+    pub fn hang(&self, method: &'static str, queue: Option<QueueId>) {
+        self.hung.lock().unwrap_or_else(PoisonError::into_inner).insert((method, queue));
+    }
+
+    /// When the first call that [`hang`](Self::hang) holds was made (on tokio's clock),
+    /// `None` before any.
+    pub fn first_hung(&self) -> Option<tokio::time::Instant> {
+        *self.first_hung.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hangs(&self, method: &'static str, queue: Option<QueueId>) -> bool {
+        let hangs = {
+            let hung = self.hung.lock().unwrap_or_else(PoisonError::into_inner);
+            hung.contains(&(method, None)) || (queue.is_some() && hung.contains(&(method, queue)))
+        };
+        if hangs {
+            self.first_hung
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_with(tokio::time::Instant::now);
+        }
+        hangs
     }
 
     /// The next `heartbeats` heartbeats whose renewal says that assignments moved commit in
@@ -177,8 +213,10 @@ impl CutOffStore {
         self.state.load(Ordering::SeqCst) != CONNECTED
     }
 
-    async fn link(&self) -> StoreResult<&dyn Store> {
-        if self.lost.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+    async fn link(&self, method: &'static str, queue: Option<QueueId>) -> StoreResult<&dyn Store> {
+        if self.lost.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            || self.hangs(method, queue)
+        {
             std::future::pending::<()>().await;
         }
         // A stalled call checks back on tokio's clock, so it stays deterministic on virtual
@@ -197,37 +235,37 @@ impl CutOffStore {
 #[async_trait]
 impl Store for CutOffStore {
     async fn now(&self) -> StoreResult<DateTime<Utc>> {
-        self.link().await?.now().await
+        self.link("now", None).await?.now().await
     }
     async fn create_domain(&self, name: &DomainName) -> StoreResult<DomainRecord> {
-        self.link().await?.create_domain(name).await
+        self.link("create_domain", None).await?.create_domain(name).await
     }
     async fn get_domain(&self, name: &DomainName) -> StoreResult<DomainRecord> {
-        self.link().await?.get_domain(name).await
+        self.link("get_domain", None).await?.get_domain(name).await
     }
     async fn list_domains(&self) -> StoreResult<Vec<DomainRecord>> {
-        self.link().await?.list_domains().await
+        self.link("list_domains", None).await?.list_domains().await
     }
     async fn delete_domain(&self, name: &DomainName) -> StoreResult<()> {
-        self.link().await?.delete_domain(name).await
+        self.link("delete_domain", None).await?.delete_domain(name).await
     }
     async fn create_queue(&self, spec: &QueueSpec) -> StoreResult<QueueRecord> {
-        self.link().await?.create_queue(spec).await
+        self.link("create_queue", None).await?.create_queue(spec).await
     }
     async fn get_queue(&self, domain: &DomainName, name: &QueueName) -> StoreResult<QueueRecord> {
-        self.link().await?.get_queue(domain, name).await
+        self.link("get_queue", None).await?.get_queue(domain, name).await
     }
     async fn get_queue_by_id(&self, id: QueueId) -> StoreResult<QueueRecord> {
-        self.link().await?.get_queue_by_id(id).await
+        self.link("get_queue_by_id", None).await?.get_queue_by_id(id).await
     }
     async fn list_queues(&self, domain: Option<DomainName>) -> StoreResult<Vec<QueueRecord>> {
-        self.link().await?.list_queues(domain).await
+        self.link("list_queues", None).await?.list_queues(domain).await
     }
     async fn delete_queue(&self, domain: &DomainName, name: &QueueName) -> StoreResult<()> {
-        self.link().await?.delete_queue(domain, name).await
+        self.link("delete_queue", None).await?.delete_queue(domain, name).await
     }
     async fn register_worker(&self, registration: &WorkerRegistration) -> StoreResult<WorkerLease> {
-        self.link().await?.register_worker(registration).await
+        self.link("register_worker", None).await?.register_worker(registration).await
     }
     async fn heartbeat(
         &self,
@@ -235,7 +273,8 @@ impl Store for CutOffStore {
         session_epoch: SessionEpoch,
         session_timeout: Duration,
     ) -> StoreResult<Heartbeat> {
-        let answer = self.link().await?.heartbeat(worker, session_epoch, session_timeout).await?;
+        let answer =
+            self.link("heartbeat", None).await?.heartbeat(worker, session_epoch, session_timeout).await?;
         if matches!(answer, Heartbeat::Renewed { assignments_moved: true })
             && self.lose_moved.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
         {
@@ -251,23 +290,23 @@ impl Store for CutOffStore {
         session_epoch: SessionEpoch,
         status: WorkerStatus,
     ) -> StoreResult<()> {
-        self.link().await?.set_worker_status(worker, session_epoch, status).await
+        self.link("set_worker_status", None).await?.set_worker_status(worker, session_epoch, status).await
     }
     async fn deregister_worker(&self, worker: WorkerId, session_epoch: SessionEpoch) -> StoreResult<()> {
-        self.link().await?.deregister_worker(worker, session_epoch).await
+        self.link("deregister_worker", None).await?.deregister_worker(worker, session_epoch).await
     }
     async fn get_worker(&self, worker: WorkerId) -> StoreResult<WorkerRecord> {
-        self.link().await?.get_worker(worker).await
+        self.link("get_worker", None).await?.get_worker(worker).await
     }
     async fn list_workers(&self, filter: WorkerFilter) -> StoreResult<Vec<WorkerRecord>> {
-        self.link().await?.list_workers(filter).await
+        self.link("list_workers", None).await?.list_workers(filter).await
     }
     async fn mark_workers_dead(
         &self,
         fence: &CoordinatorFence,
         workers: &[WorkerId],
     ) -> StoreResult<Vec<WorkerId>> {
-        self.link().await?.mark_workers_dead(fence, workers).await
+        self.link("mark_workers_dead", None).await?.mark_workers_dead(fence, workers).await
     }
     async fn acquire_lease(
         &self,
@@ -275,22 +314,22 @@ impl Store for CutOffStore {
         holder: WorkerId,
         lease: Duration,
     ) -> StoreResult<Option<Term>> {
-        self.link().await?.acquire_lease(cluster, holder, lease).await
+        self.link("acquire_lease", None).await?.acquire_lease(cluster, holder, lease).await
     }
     async fn renew_lease(&self, fence: &CoordinatorFence, lease: Duration) -> StoreResult<()> {
-        self.link().await?.renew_lease(fence, lease).await
+        self.link("renew_lease", None).await?.renew_lease(fence, lease).await
     }
     async fn release_lease(&self, fence: &CoordinatorFence) -> StoreResult<()> {
-        self.link().await?.release_lease(fence).await
+        self.link("release_lease", None).await?.release_lease(fence).await
     }
     async fn get_lease(&self, cluster: &ClusterName) -> StoreResult<Option<LeaseRecord>> {
-        self.link().await?.get_lease(cluster).await
+        self.link("get_lease", None).await?.get_lease(cluster).await
     }
     async fn assignments(&self, queue: QueueId) -> StoreResult<QueueAssignments> {
-        self.link().await?.assignments(queue).await
+        self.link("assignments", Some(queue)).await?.assignments(queue).await
     }
     async fn assignments_of(&self, worker: WorkerId) -> StoreResult<Vec<AssignmentRecord>> {
-        let store = self.link().await?;
+        let store = self.link("assignments_of", None).await?;
         self.polls.fetch_add(1, Ordering::SeqCst);
         let answer = store.assignments_of(worker).await;
         let delay = self.poll_delay.load(Ordering::SeqCst);
@@ -305,7 +344,7 @@ impl Store for CutOffStore {
         queue: QueueId,
         changes: &[PlanChange],
     ) -> StoreResult<PlanOutcome> {
-        self.link().await?.apply_plan(fence, queue, changes).await
+        self.link("apply_plan", None).await?.apply_plan(fence, queue, changes).await
     }
     async fn handoff(
         &self,
@@ -314,7 +353,7 @@ impl Store for CutOffStore {
         worker: WorkerId,
         epoch: Epoch,
     ) -> StoreResult<Epoch> {
-        self.link().await?.handoff(queue, partition, worker, epoch).await
+        self.link("handoff", None).await?.handoff(queue, partition, worker, epoch).await
     }
     async fn release_partition(
         &self,
@@ -323,7 +362,7 @@ impl Store for CutOffStore {
         worker: WorkerId,
         epoch: Epoch,
     ) -> StoreResult<Epoch> {
-        self.link().await?.release_partition(queue, partition, worker, epoch).await
+        self.link("release_partition", None).await?.release_partition(queue, partition, worker, epoch).await
     }
     async fn fail_partition(
         &self,
@@ -333,45 +372,45 @@ impl Store for CutOffStore {
         epoch: Epoch,
         detail: &serde_json::Value,
     ) -> StoreResult<Epoch> {
-        self.link().await?.fail_partition(queue, partition, worker, epoch, detail).await
+        self.link("fail_partition", None).await?.fail_partition(queue, partition, worker, epoch, detail).await
     }
     async fn reset_partition(&self, queue: QueueId, partition: PartitionId) -> StoreResult<bool> {
-        self.link().await?.reset_partition(queue, partition).await
+        self.link("reset_partition", None).await?.reset_partition(queue, partition).await
     }
     async fn append_event(&self, event: &NewEvent) -> StoreResult<u64> {
-        self.link().await?.append_event(event).await
+        self.link("append_event", None).await?.append_event(event).await
     }
     async fn events_since(&self, after: u64, limit: u32) -> StoreResult<Vec<Event>> {
-        self.link().await?.events_since(after, limit).await
+        self.link("events_since", None).await?.events_since(after, limit).await
     }
     async fn prune_events(&self, older_than: Duration) -> StoreResult<u64> {
-        self.link().await?.prune_events(older_than).await
+        self.link("prune_events", None).await?.prune_events(older_than).await
     }
     async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
-        self.link().await?.enqueue_task(queue, task).await
+        self.link("enqueue_task", None).await?.enqueue_task(queue, task).await
     }
     async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
-        self.link().await?.enqueue_tasks(queue, tasks).await
+        self.link("enqueue_tasks", None).await?.enqueue_tasks(queue, tasks).await
     }
     async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
-        self.link().await?.claim_tasks(fence, limit).await
+        self.link("claim_tasks", None).await?.claim_tasks(fence, limit).await
     }
     async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
-        self.link().await?.complete_tasks(fence, ids).await
+        self.link("complete_tasks", None).await?.complete_tasks(fence, ids).await
     }
     async fn fail_tasks(
         &self,
         fence: &OwnerFence,
         failures: &[TaskFailure],
     ) -> StoreResult<TaskBatchOutcome> {
-        self.link().await?.fail_tasks(fence, failures).await
+        self.link("fail_tasks", None).await?.fail_tasks(fence, failures).await
     }
     async fn retry_tasks_later(
         &self,
         fence: &OwnerFence,
         retries: &[TaskRetry],
     ) -> StoreResult<TaskBatchOutcome> {
-        self.link().await?.retry_tasks_later(fence, retries).await
+        self.link("retry_tasks_later", None).await?.retry_tasks_later(fence, retries).await
     }
     async fn extend_tasks(
         &self,
@@ -379,26 +418,26 @@ impl Store for CutOffStore {
         ids: &[TaskId],
         by: Duration,
     ) -> StoreResult<TaskBatchOutcome> {
-        self.link().await?.extend_tasks(fence, ids, by).await
+        self.link("extend_tasks", None).await?.extend_tasks(fence, ids, by).await
     }
     async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
-        self.link().await?.cancel_task(id).await
+        self.link("cancel_task", None).await?.cancel_task(id).await
     }
     async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
-        self.link().await?.recover_partition_tasks(fence).await
+        self.link("recover_partition_tasks", None).await?.recover_partition_tasks(fence).await
     }
     async fn next_due(
         &self,
         queue: QueueId,
         partitions: &[PartitionId],
     ) -> StoreResult<std::collections::BTreeMap<PartitionId, DateTime<Utc>>> {
-        self.link().await?.next_due(queue, partitions).await
+        self.link("next_due", None).await?.next_due(queue, partitions).await
     }
     async fn task_counts(&self, queue: QueueId) -> StoreResult<Vec<TaskCount>> {
-        self.link().await?.task_counts(queue).await
+        self.link("task_counts", None).await?.task_counts(queue).await
     }
     async fn get_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
-        self.link().await?.get_task(id).await
+        self.link("get_task", None).await?.get_task(id).await
     }
     async fn list_tasks(
         &self,
@@ -407,13 +446,13 @@ impl Store for CutOffStore {
         after: Option<TaskId>,
         limit: u32,
     ) -> StoreResult<Vec<TaskRecord>> {
-        self.link().await?.list_tasks(queue, state, after, limit).await
+        self.link("list_tasks", None).await?.list_tasks(queue, state, after, limit).await
     }
     async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord> {
-        self.link().await?.retry_dead_task(id).await
+        self.link("retry_dead_task", None).await?.retry_dead_task(id).await
     }
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
-        self.link().await?.prune_tasks(older_than, limit).await
+        self.link("prune_tasks", None).await?.prune_tasks(older_than, limit).await
     }
 }
 
