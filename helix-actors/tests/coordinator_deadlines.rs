@@ -3,7 +3,6 @@
 //! release its lease so the standby takes over within the lease and a second, and a failure
 //! in one queue must not stop the round for the others.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,10 +10,8 @@ use actix::prelude::*;
 use helix_actors::TokioClock;
 use helix_actors::coordinator::{Allocate, AllocateResult, StrategyAllocator};
 use helix_actors::testing::CutOffStore;
-use helix_core::{ClusterConfig, ClusterName, DomainName, PartitionCount, QueueId, QueueName, WorkerId};
-use helix_store::{
-    AssignmentState, Heartbeat, LeaseRecord, MemStore, QueueSpec, Store, Subscription, WorkerRegistration,
-};
+use helix_core::{ClusterConfig, ClusterName, DomainName, PartitionCount, QueueName};
+use helix_store::{AssignmentState, LeaseRecord, MemStore, QueueSpec, Store};
 use tokio::time::Instant;
 
 mod support;
@@ -66,41 +63,6 @@ impl Handler<Allocate> for Faulty {
 
 async fn lease(store: &Arc<dyn Store>) -> Option<LeaseRecord> {
     store.get_lease(&ClusterName::default()).await.expect("lease")
-}
-
-/// A simulated worker subscribed to `queues` (as `Harness::worker`, for several queues).
-fn worker_on(h: &Harness, queues: &[QueueId]) -> (WorkerId, tokio::task::JoinHandle<()>) {
-    let id = WorkerId::new_v7();
-    let store = Arc::clone(&h.store);
-    let config = h.config.clone();
-    let registration = WorkerRegistration {
-        id,
-        host: "localhost".into(),
-        pid: 1,
-        labels: BTreeMap::new(),
-        subscriptions: queues.iter().map(|&queue_id| Subscription { queue_id, capacity: 1 }).collect(),
-        session_timeout: config.session_timeout,
-    };
-    let task = actix::spawn(async move {
-        let mut session = store.register_worker(&registration).await.expect("register").session_epoch;
-        loop {
-            match store.heartbeat(id, session, config.session_timeout).await {
-                Ok(Heartbeat::Renewed { .. }) | Err(_) => {}
-                Ok(_) => {
-                    if let Ok(lease) = store.register_worker(&registration).await {
-                        session = lease.session_epoch;
-                    }
-                }
-            }
-            for row in store.assignments_of(id).await.unwrap_or_default() {
-                if row.state == AssignmentState::Revoking {
-                    let _ = store.handoff(row.queue_id, row.partition, id, row.epoch).await;
-                }
-            }
-            pass(config.heartbeat_interval).await;
-        }
-    });
-    (id, task)
 }
 
 /// How a leader is made to stop doing work.
@@ -198,7 +160,7 @@ async fn a_call_that_hangs_for_one_queue_does_not_stop_the_others() {
     let link = CutOffStore::new(Arc::clone(&h.store));
     link.hang("assignments", Some(h.queue.id));
     let _leader = h.coordinator(Arc::new(link), StrategyAllocator.start().recipient());
-    let _workers: Vec<_> = (0..2).map(|_| worker_on(&h, &[h.queue.id, other.id])).collect();
+    let _workers: Vec<_> = (0..2).map(|_| h.worker_on(&[h.queue.id, other.id])).collect();
     let other_settled = || async {
         let rows = h.store.assignments(other.id).await.expect("rows").rows;
         rows.iter().all(|r| r.owner.is_some() && r.state == AssignmentState::Assigned)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use helix_actors::coordinator::{Allocate, Coordinator, LeaderElection, LeadershipChanged};
-use helix_core::{ClusterConfig, ClusterName, DomainName, PartitionCount, QueueName, WorkerId};
+use helix_core::{ClusterConfig, ClusterName, DomainName, PartitionCount, QueueId, QueueName, WorkerId};
 use helix_store::conformance::ScratchMysql;
 use helix_store::{
     AssignmentState, ConnectOptions, Heartbeat, MysqlStore, QueueRecord, QueueSpec, SqliteStore, Store,
@@ -81,6 +81,11 @@ impl Harness {
     /// A simulated worker: registers, heartbeats every interval and hands off every partition
     /// it is asked to. Aborting the handle kills it without a goodbye.
     pub fn worker(&self) -> (WorkerId, tokio::task::JoinHandle<()>) {
+        self.worker_on(&[self.queue.id])
+    }
+
+    /// A simulated worker as [`worker`](Self::worker), subscribed to `queues`.
+    pub fn worker_on(&self, queues: &[QueueId]) -> (WorkerId, tokio::task::JoinHandle<()>) {
         let id = WorkerId::new_v7();
         let store = Arc::clone(&self.store);
         let config = self.config.clone();
@@ -89,7 +94,7 @@ impl Harness {
             host: "localhost".into(),
             pid: 1,
             labels: BTreeMap::new(),
-            subscriptions: vec![Subscription { queue_id: self.queue.id, capacity: 1 }],
+            subscriptions: queues.iter().map(|&queue_id| Subscription { queue_id, capacity: 1 }).collect(),
             session_timeout: config.session_timeout,
         };
         let task = actix::spawn(async move {
