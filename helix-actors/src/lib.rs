@@ -19,11 +19,13 @@
 //!
 //! `docs/architecture.md` and `docs/protocol.md` explain how they fit and why they are safe.
 
+mod backoff;
 pub mod client;
 mod clock;
 pub mod coordinator;
 pub mod node;
 pub mod store_actor;
+pub mod tasks;
 pub mod testing;
 pub mod worker;
 

@@ -83,6 +83,7 @@ use crate::coordinator::{
     StrategyAllocator,
 };
 use crate::store_actor::{DEFAULT_MAX_IN_FLIGHT, StoreActor, StoreHandle};
+use crate::tasks::{TaskHandler, TaskPolicy, TaskQueues};
 use crate::worker::{
     GetStatus, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler, RestartPolicy,
     SessionEnd, WorkerSession, WorkerStatusReport,
@@ -329,6 +330,7 @@ impl Worker {
             subscriptions: Vec::new(),
             factory: None,
             policy: RestartPolicy::default(),
+            tasks: TaskQueues::new(),
         }
     }
 }
@@ -352,6 +354,7 @@ pub struct WorkerBuilder {
     subscriptions: Vec<Subscription>,
     factory: Option<HandlerFactory>,
     policy: RestartPolicy,
+    tasks: TaskQueues,
 }
 
 impl WorkerBuilder {
@@ -382,6 +385,26 @@ impl WorkerBuilder {
     /// Registers with `host` instead of `$HOSTNAME` (or `localhost`).
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = host.into();
+        self
+    }
+
+    /// Runs the tasks of `queue` with `handler` under `policy` (see [`crate::tasks`]), and
+    /// serves the queue with capacity 1 unless [`serve`](Self::serve) gave it another. The
+    /// partitions of this queue then run tasks; those of other queues use the
+    /// [`handler`](Self::handler) factory.
+    pub fn tasks(mut self, queue: QueueId, handler: impl TaskHandler, policy: TaskPolicy) -> Self {
+        self.tasks = self.tasks.queue(queue, handler, policy);
+        if !self.subscriptions.iter().any(|s| s.queue_id == queue) {
+            self.subscriptions.push(Subscription { queue_id: queue, capacity: 1 });
+        }
+        self
+    }
+
+    /// Polls for due tasks every `every` instead of every
+    /// [`DEFAULT_POLL_INTERVAL`](crate::tasks::DEFAULT_POLL_INTERVAL); see
+    /// [`TaskQueues::poll_interval`].
+    pub fn task_poll_interval(mut self, every: Duration) -> Self {
+        self.tasks = self.tasks.poll_interval(every);
         self
     }
 
@@ -425,9 +448,16 @@ impl WorkerBuilder {
     /// another id.
     pub async fn start(self) -> Result<WorkerHandle, NodeError> {
         self.config.validate()?;
-        let factory = self.factory.ok_or_else(|| NodeError::Invalid("no handler was given".into()))?;
         if self.subscriptions.is_empty() {
             return Err(NodeError::Invalid("the worker serves no queue".into()));
+        }
+        if self.factory.is_none()
+            && let Some(unhandled) = self.subscriptions.iter().find(|s| !self.tasks.contains(s.queue_id))
+        {
+            return Err(NodeError::Invalid(format!(
+                "no handler was given for queue {} (give a handler, or task handlers for every served queue)",
+                unhandled.queue_id
+            )));
         }
         if let Some(zero) = self.subscriptions.iter().find(|s| s.capacity == 0) {
             return Err(NodeError::Invalid(format!("capacity 0 for queue {}", zero.queue_id)));
@@ -469,6 +499,13 @@ impl WorkerBuilder {
                 stop_arbiters(&arbiters);
                 return Err(error.into());
             }
+        };
+        let factory = if self.tasks.is_empty() {
+            self.factory.ok_or_else(|| NodeError::Invalid("no handler was given".into()))?
+        } else {
+            let (factory, poll) = self.tasks.factory(Arc::clone(&store), self.factory);
+            handlers.spawn(poll);
+            factory
         };
         let (config, policy, handler_arbiter) = (self.config, self.policy, handlers.handle());
         let session = WorkerSession::new(store, config, registration, factory)

@@ -37,6 +37,7 @@ use crate::TokioClock;
 use crate::coordinator::{
     Allocate, Coordinator, CurrentFence, LeaderElection, LeadershipChanged, Resign, StrategyAllocator,
 };
+use crate::tasks::TaskQueues;
 use crate::worker::{
     GetStatus, HandlerError, HandlerFactory, Kill, Leave, LeaveOutcome, PartitionContext, PartitionHandler,
     PartitionState, RestartPolicy, SessionEnd, WorkerSession, WorkerStatusReport,
@@ -866,6 +867,38 @@ impl SimCluster {
         self.spawn_worker(WorkerId::new_v7(), queues, factory, policy)
     }
 
+    /// Starts a worker session subscribed to `queues` that runs the tasks of `tasks` (every
+    /// served queue needs a task handler there), over its own link like
+    /// [`add_worker`](Self::add_worker): the task writes go through the link, so cutting it
+    /// off cuts them off too. Its due-time poll runs on the current arbiter.
+    pub fn add_task_worker(&mut self, queues: &[(&QueueRecord, u32)], tasks: &TaskQueues) -> SimWorker {
+        self.spawn_task_worker(WorkerId::new_v7(), queues, tasks)
+    }
+
+    /// Starts `worker` again with the tasks of `tasks`, as
+    /// [`restart`](Self::restart) does with a handler factory.
+    pub fn restart_task_worker(
+        &mut self,
+        worker: &SimWorker,
+        queues: &[(&QueueRecord, u32)],
+        tasks: &TaskQueues,
+    ) -> SimWorker {
+        self.killed.remove(&worker.id);
+        self.spawn_task_worker(worker.id, queues, tasks)
+    }
+
+    fn spawn_task_worker(
+        &mut self,
+        id: WorkerId,
+        queues: &[(&QueueRecord, u32)],
+        tasks: &TaskQueues,
+    ) -> SimWorker {
+        let link = CutOffStore::new(Arc::clone(&self.store));
+        let (factory, poll) = tasks.factory(Arc::new(link.clone()), None);
+        actix::spawn(poll);
+        self.spawn_worker_on(link, id, queues, factory, RestartPolicy::default())
+    }
+
     /// Starts `worker` again, as a new process with the same identity would after a restart
     /// (a new session under the same id), once it was stopped or killed.
     pub fn restart(
@@ -886,6 +919,17 @@ impl SimCluster {
         policy: RestartPolicy,
     ) -> SimWorker {
         let link = CutOffStore::new(Arc::clone(&self.store));
+        self.spawn_worker_on(link, id, queues, factory, policy)
+    }
+
+    fn spawn_worker_on(
+        &mut self,
+        link: CutOffStore,
+        id: WorkerId,
+        queues: &[(&QueueRecord, u32)],
+        factory: HandlerFactory,
+        policy: RestartPolicy,
+    ) -> SimWorker {
         let registration = WorkerRegistration {
             id,
             host: "sim".to_owned(),

@@ -259,8 +259,22 @@ pub struct TaskFailure {
     /// Why it failed; cut to [`MAX_LAST_ERROR_BYTES`].
     pub error: String,
     /// When to try again, from the store's now (the caller's backoff with jitter); at most
-    /// [`MAX_SCHEDULE_AHEAD`]. Unused when the attempt was the last.
-    pub retry_in: Duration,
+    /// [`MAX_SCHEDULE_AHEAD`]. Unused when the attempt was the last. `None`: a permanent
+    /// failure, not worth another attempt: the task is `DEAD` at once, whatever attempts it
+    /// has left.
+    pub retry_in: Option<Duration>,
+}
+
+impl TaskFailure {
+    /// A failed attempt, to try again `retry_in` from the store's now if attempts are left.
+    pub fn retry(id: TaskId, error: impl Into<String>, retry_in: Duration) -> Self {
+        Self { id, error: error.into(), retry_in: Some(retry_in) }
+    }
+
+    /// A permanent failure: the task is `DEAD` at once (a dead letter) with `error`.
+    pub fn dead(id: TaskId, error: impl Into<String>) -> Self {
+        Self { id, error: error.into(), retry_in: None }
+    }
 }
 
 /// One task to put back for later, without counting the attempt as a failure.

@@ -53,6 +53,7 @@ mod session;
 
 pub use guard::OwnershipGuard;
 pub use handler::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler};
+pub(crate) use partition::panic_message;
 pub use session::{
     GetStatus, Kill, Leave, LeaveOutcome, PartitionKey, PartitionState, PartitionStatus, RestartPolicy,
     SessionEnd, WorkerSession, WorkerStatusReport,

@@ -200,7 +200,8 @@ pub(crate) struct PartitionFailure {
     pub(crate) reason: String,
 }
 
-fn panic_message(panic: &Box<dyn Any + Send>) -> &str {
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &Box<dyn Any + Send>) -> &str {
     if let Some(s) = panic.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -53,8 +53,8 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     /// The wait before the restart that follows the `failures`-th failure (1-based).
     fn backoff(&self, failures: usize) -> Duration {
-        let exponent = u32::try_from(failures.saturating_sub(1)).unwrap_or(u32::MAX).min(30);
-        self.initial_backoff.saturating_mul(1 << exponent).min(self.max_backoff)
+        let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+        crate::backoff::exponential(self.initial_backoff, self.max_backoff, failures)
     }
 }
 

@@ -226,7 +226,7 @@ pub async fn tasks_failures_retry_then_go_dead_and_an_operator_retries(b: &dyn B
     let s = setup(&*store, 1).await;
     let owner = s.own(&*store, 0, 0).await;
     let t = enqueue(&*store, &s, NewTask { max_attempts: 2, ..task(0, "flaky") }).await;
-    let fail = |error: &str, retry_in| TaskFailure { id: t, error: error.to_owned(), retry_in };
+    let fail = |error: &str, retry_in| TaskFailure::retry(t, error, retry_in);
 
     store.claim_tasks(&owner, 1).await.expect("claim");
     let out = store.fail_tasks(&owner, &[fail("boom 1", Duration::from_secs(3_600))]).await.expect("fail");
@@ -243,10 +243,7 @@ pub async fn tasks_failures_retry_then_go_dead_and_an_operator_retries(b: &dyn B
     let long = "x".repeat(3 * MAX_LAST_ERROR_BYTES);
     let t2 = enqueue(&*store, &s, NewTask { max_attempts: 1, ..task(0, "once") }).await;
     store.claim_tasks(&owner, 1).await.expect("claim");
-    let out = store
-        .fail_tasks(&owner, &[TaskFailure { id: t2, error: long, retry_in: Duration::ZERO }])
-        .await
-        .expect("fail");
+    let out = store.fail_tasks(&owner, &[TaskFailure::retry(t2, long, Duration::ZERO)]).await.expect("fail");
     assert_eq!(out.applied, vec![(t2, TaskState::Dead)]);
     let dead = store.get_task(t2).await.expect("get");
     assert_eq!((dead.state, dead.attempts), (TaskState::Dead, 1));
@@ -260,6 +257,15 @@ pub async fn tasks_failures_retry_then_go_dead_and_an_operator_retries(b: &dyn B
     assert_eq!((ids(&again), again[0].attempts), (vec![t2], 1));
     assert!(matches!(store.retry_dead_task(t2).await, Err(StoreError::Conflict(_))), "not dead");
     assert_not_found(store.retry_dead_task(TaskId(t2.0 + 1_000)).await, "unknown task");
+
+    // A permanent failure is dead at once, with attempts left.
+    let t3 = enqueue(&*store, &s, NewTask { max_attempts: 5, ..task(0, "malformed") }).await;
+    let claimed = store.claim_tasks(&owner, 10).await.expect("claim");
+    assert!(ids(&claimed).contains(&t3));
+    let out = store.fail_tasks(&owner, &[TaskFailure::dead(t3, "bad input")]).await.expect("fail");
+    assert_eq!(out.applied, vec![(t3, TaskState::Dead)]);
+    let rec = store.get_task(t3).await.expect("get");
+    assert_eq!((rec.state, rec.attempts, rec.last_error.as_deref()), (TaskState::Dead, 1, Some("bad input")));
 }
 
 /// A retry-later puts a running task back for later without counting the attempt.
@@ -371,7 +377,7 @@ pub async fn tasks_cancel_pending_and_running(b: &dyn Backend) {
     assert_eq!(ext.applied, vec![(extended, TaskState::Cancelling)], "the owner learns it should stop");
     let out = store.complete_tasks(&owner, &[running]).await.expect("complete");
     assert_eq!(out.applied, vec![(running, TaskState::Cancelled)]);
-    let failure = TaskFailure { id: extended, error: "stopped".into(), retry_in: Duration::ZERO };
+    let failure = TaskFailure::retry(extended, "stopped", Duration::ZERO);
     assert_eq!(
         store.fail_tasks(&owner, &[failure]).await.expect("fail").applied,
         vec![(extended, TaskState::Cancelled)]
@@ -399,7 +405,7 @@ pub async fn tasks_a_stale_epoch_is_fenced_and_its_tasks_recovered(b: &dyn Backe
 
     assert_fenced(store.complete_tasks(&old, &[t]).await, "complete under a stale epoch");
     assert_fenced(store.claim_tasks(&old, 1).await, "claim under a stale epoch");
-    let failure = TaskFailure { id: t, error: "late".into(), retry_in: Duration::ZERO };
+    let failure = TaskFailure::retry(t, "late", Duration::ZERO);
     assert_fenced(store.fail_tasks(&old, std::slice::from_ref(&failure)).await, "fail under a stale epoch");
     assert_fenced(
         store.retry_tasks_later(&old, &[TaskRetry { id: t, delay: Duration::ZERO }]).await,
@@ -539,7 +545,7 @@ pub async fn tasks_bad_input_is_refused_and_changes_nothing(b: &dyn Backend) {
     assert_not_found(store.enqueue_task(unknown, &good).await, "unknown queue");
     assert_invalid(store.enqueue_tasks(s.queue.id, &vec![good.clone(); MAX_TASK_BATCH + 1]).await, "batch");
     assert_invalid(store.claim_tasks(&owner, MAX_TASK_BATCH as u32 + 1).await, "claim limit");
-    let too_late = TaskFailure { id: TaskId(1), error: String::new(), retry_in: MAX_SCHEDULE_AHEAD * 2 };
+    let too_late = TaskFailure::retry(TaskId(1), String::new(), MAX_SCHEDULE_AHEAD * 2);
     assert_invalid(store.fail_tasks(&owner, &[too_late]).await, "retry delay");
     assert_invalid(
         store.retry_tasks_later(&owner, &[TaskRetry { id: TaskId(1), delay: MAX_SCHEDULE_AHEAD * 2 }]).await,

@@ -210,7 +210,9 @@ impl MemStore {
         failures: &[TaskFailure],
     ) -> StoreResult<TaskBatchOutcome> {
         for f in failures {
-            rules::validate_delay(f.retry_in, "retry delay")?;
+            if let Some(retry_in) = f.retry_in {
+                rules::validate_delay(retry_in, "retry delay")?;
+            }
         }
         let ids = failures.iter().map(|f| f.id).collect();
         self.tasks_owner_write(fence, ids, |h, now| {

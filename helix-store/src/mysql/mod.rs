@@ -671,7 +671,9 @@ impl Store for MysqlStore {
     ) -> StoreResult<TaskBatchOutcome> {
         rules::tasks::validate_batch(failures.len(), "a task write")?;
         for f in failures {
-            rules::tasks::validate_delay(f.retry_in, "retry delay")?;
+            if let Some(retry_in) = f.retry_in {
+                rules::tasks::validate_delay(retry_in, "retry delay")?;
+            }
         }
         let ids: Vec<TaskId> = failures.iter().map(|f| f.id).collect();
         let decide = |h: &rules::tasks::TaskHead, now| match failures.iter().find(|f| f.id == h.id) {

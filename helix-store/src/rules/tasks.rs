@@ -218,17 +218,20 @@ pub fn after_cancel(head: &TaskHead) -> TaskWrite {
     TaskWrite::keep(head, TaskState::Cancelled)
 }
 
-/// A failed attempt: `DEAD` when it was the last allowed, else `PENDING` again at
-/// `now + retry_in`; `CANCELLED` for a task cancelled while running. Records the error
+/// A failed attempt: `DEAD` when it was the last allowed or the failure is permanent
+/// (`retry_in` is `None`), else `PENDING` again at `now + retry_in`; `CANCELLED` for a task cancelled while running. Records the error
 /// (bounded).
 pub fn after_failure(head: &TaskHead, now: DateTime<Utc>, failure: &TaskFailure) -> TaskWrite {
     let error = Some(bound_error(&failure.error));
     let state = match head.state {
         TaskState::Cancelling => TaskState::Cancelled,
         _ if head.attempts >= head.max_attempts => TaskState::Dead,
-        _ => TaskState::Pending,
+        _ => match failure.retry_in {
+            Some(_) => TaskState::Pending,
+            None => TaskState::Dead,
+        },
     };
-    let run_at = (state == TaskState::Pending).then(|| plus(now, failure.retry_in));
+    let run_at = failure.retry_in.filter(|_| state == TaskState::Pending).map(|d| plus(now, d));
     TaskWrite { id: head.id, state, attempts: head.attempts, run_at, deadline_at: None, last_error: error }
 }
 
@@ -376,11 +379,13 @@ mod tests {
             max_attempts: 3,
             claimed_epoch: Some(Epoch(1)),
         };
-        let failure = TaskFailure { id: TaskId(1), error: "boom".into(), retry_in: Duration::from_secs(5) };
+        let failure = TaskFailure::retry(TaskId(1), "boom", Duration::from_secs(5));
         let w = after_failure(&head, now, &failure);
         assert_eq!((w.state, w.run_at), (TaskState::Pending, Some(plus(now, Duration::from_secs(5)))));
         let w = after_failure(&TaskHead { attempts: 3, ..head }, now, &failure);
         assert_eq!((w.state, w.last_error.as_deref()), (TaskState::Dead, Some("boom")));
+        let w = after_failure(&head, now, &TaskFailure::dead(TaskId(1), "bad input"));
+        assert_eq!((w.state, w.run_at), (TaskState::Dead, None), "a permanent failure is dead at once");
         let w = after_retry_later(&head, now, Duration::ZERO);
         assert_eq!((w.state, w.attempts), (TaskState::Pending, 1));
     }

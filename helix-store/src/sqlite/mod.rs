@@ -1660,7 +1660,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<TaskBatchOutcome> {
         crate::rules::tasks::validate_batch(failures.len(), "a task write")?;
         for f in failures {
-            crate::rules::tasks::validate_delay(f.retry_in, "retry delay")?;
+            if let Some(retry_in) = f.retry_in {
+                crate::rules::tasks::validate_delay(retry_in, "retry delay")?;
+            }
         }
         let (fence, failures) = (*fence, failures.to_vec());
         self.write("fail_tasks", move |conn| {

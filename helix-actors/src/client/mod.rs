@@ -19,6 +19,8 @@
 //! # }
 //! ```
 
+mod tasks;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use std::sync::Arc;
 use helix_core::{
     ClusterName, DomainName, NameError, PartitionCount, PartitionId, QueueId, QueueName, WorkerId,
 };
+pub use tasks::TaskSpec;
+
 use helix_store::{
     AssignmentRecord, AssignmentState, DomainRecord, Event, LeaseRecord, QueueRecord, QueueSpec, Store,
     StoreError, WorkerFilter, WorkerRecord,
@@ -43,10 +47,16 @@ pub enum ClientError {
     Store(#[from] StoreError),
 }
 
-/// A client of a Helix cluster's store.
+/// Queue name → (id, partition count).
+type QueueCache = std::collections::HashMap<(DomainName, QueueName), (QueueId, PartitionCount)>;
+
+/// A client of a Helix cluster's store. Clones share one cache of queue ids.
 #[derive(Clone)]
 pub struct Client {
     store: Arc<dyn Store>,
+    /// Queue name → (id, partition count), for enqueues: partition counts never change, and
+    /// a queue deleted meanwhile answers `NotFound`, which drops its entry.
+    queues: Arc<std::sync::Mutex<QueueCache>>,
 }
 
 impl fmt::Debug for Client {
@@ -58,7 +68,7 @@ impl fmt::Debug for Client {
 impl Client {
     /// A client of `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self { store, queues: Arc::default() }
     }
 
     /// Connects to the store at `url` (see [`helix_store::StoreUrl`] for the forms), applying

@@ -1,0 +1,423 @@
+//! Running tasks on partitions, on virtual time with the testing kit (DESIGN §6,
+//! `docs/tasks.md`): order, retries with backoff, dead letters, timeouts, panics, cancel,
+//! snooze, and what happens to tasks when their owner is killed or moves on.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use helix_actors::client::{Client, TaskSpec};
+use helix_actors::tasks::{TaskContext, TaskOutcome, TaskPolicy, TaskQueues, task_handler_fn};
+use helix_actors::testing::{SimCluster, SimWorker};
+use helix_core::{ClusterConfig, Epoch, PartitionId, WorkerId};
+use helix_store::{CancelOutcome, Enqueued, OwnerFence, QueueRecord, StoreError, TaskId, TaskState};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+mod support;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// One attempt as the handler saw it.
+#[derive(Debug, Clone)]
+struct Run {
+    id: TaskId,
+    attempt: u32,
+    epoch: Epoch,
+    worker: WorkerId,
+    payload: String,
+    at: Instant,
+}
+
+/// Records every attempt, then acts on its payload: `ok`, `fail` (a failed attempt), `dead`
+/// (a permanent failure), `panic`, `hang` (never answers), `wait` (until `release`),
+/// `snooze` (once, then ok).
+#[derive(Clone, Default)]
+struct Recorder {
+    runs: Arc<Mutex<Vec<Run>>>,
+    release: Arc<Notify>,
+}
+
+impl Recorder {
+    fn queues(&self, queue: &QueueRecord, policy: TaskPolicy) -> TaskQueues {
+        let me = self.clone();
+        TaskQueues::new().queue(
+            queue.id,
+            task_handler_fn(move |task: TaskContext| {
+                let me = me.clone();
+                async move { me.run(task).await }
+            }),
+            policy,
+        )
+    }
+
+    async fn run(&self, task: TaskContext) -> TaskOutcome {
+        let payload = String::from_utf8_lossy(task.payload()).into_owned();
+        let snoozed_before = self.runs_of(task.id()).iter().any(|r| r.payload == "snooze");
+        self.runs.lock().expect("runs").push(Run {
+            id: task.id(),
+            attempt: task.attempt(),
+            epoch: task.epoch(),
+            worker: task.partition().worker,
+            payload: payload.clone(),
+            at: Instant::now(),
+        });
+        match payload.as_str() {
+            "fail" => TaskOutcome::retry("it failed"),
+            "dead" => TaskOutcome::fail("it can never work"),
+            "panic" => panic!("the handler panicked on purpose"),
+            "hang" => std::future::pending().await,
+            "wait" => {
+                self.release.notified().await;
+                TaskOutcome::Done
+            }
+            "snooze" if !snoozed_before => TaskOutcome::Snooze(Duration::from_secs(30)),
+            _ => TaskOutcome::Done,
+        }
+    }
+
+    fn runs(&self) -> Vec<Run> {
+        self.runs.lock().expect("runs").clone()
+    }
+
+    fn runs_of(&self, id: TaskId) -> Vec<Run> {
+        self.runs().into_iter().filter(|r| r.id == id).collect()
+    }
+}
+
+async fn cluster(partitions: u64) -> (SimCluster, QueueRecord, Client) {
+    tokio::time::pause();
+    let cluster = SimCluster::new(ClusterConfig::default()).await.expect("cluster");
+    let queue = cluster.create_queue("shop", "orders", partitions).await.expect("queue");
+    let client = Client::new(Arc::clone(cluster.store()));
+    (cluster, queue, client)
+}
+
+async fn enqueue(client: &Client, spec: TaskSpec) -> TaskId {
+    let Enqueued { id, created } = client.enqueue("shop", "orders", spec).await.expect("enqueue");
+    assert!(created);
+    id
+}
+
+async fn state(client: &Client, id: TaskId) -> TaskState {
+    client.task(id).await.expect("task").state
+}
+
+async fn wait_state(cluster: &SimCluster, client: &Client, id: TaskId, want: TaskState) {
+    let reached = cluster.wait_until(LIMIT, || async { state(client, id).await == want }).await;
+    assert!(reached, "task {id} never reached {want}: {:?}", client.task(id).await);
+}
+
+async fn wait_all_finished(cluster: &SimCluster, client: &Client, ids: &[TaskId]) {
+    let done = cluster
+        .wait_until(Duration::from_secs(300), || async {
+            for id in ids {
+                if !state(client, *id).await.is_finished() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    assert!(done, "not every task finished");
+}
+
+#[actix::test]
+async fn a_partition_runs_its_tasks_in_priority_run_at_id_order() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let now = cluster.now();
+    let mut expected = Vec::new();
+    // Enqueued out of order; claim order is (priority, run_at, id).
+    let late =
+        enqueue(&client, TaskSpec::new("ok").priority(0).run_at(now - chrono::Duration::seconds(1))).await;
+    let urgent = enqueue(&client, TaskSpec::new("ok").priority(-5)).await;
+    let early =
+        enqueue(&client, TaskSpec::new("ok").priority(0).run_at(now - chrono::Duration::seconds(60))).await;
+    let plain: Vec<TaskId> = {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(enqueue(&client, TaskSpec::new("ok").priority(0).run_at(now)).await);
+        }
+        ids
+    };
+    let last = enqueue(&client, TaskSpec::new("ok").priority(9)).await;
+    expected.extend([urgent, early, late]);
+    expected.extend(plain.iter().copied());
+    expected.push(last);
+
+    let recorder = Recorder::default();
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &recorder.queues(&queue, TaskPolicy::default().in_flight(1)));
+    wait_all_finished(&cluster, &client, &expected).await;
+    let order: Vec<TaskId> = recorder.runs().iter().map(|r| r.id).collect();
+    assert_eq!(order, expected, "strict claim order with an in-flight limit of 1");
+    for id in expected {
+        assert_eq!(state(&client, id).await, TaskState::Done);
+    }
+}
+
+#[actix::test]
+async fn failed_attempts_back_off_exponentially_then_go_dead_and_the_tasks_behind_still_run() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let flaky = enqueue(&client, TaskSpec::new("fail").partition(0).max_attempts(4)).await;
+    let behind = enqueue(&client, TaskSpec::new("ok").partition(0)).await;
+    let recorder = Recorder::default();
+    let policy = TaskPolicy::default().in_flight(1).backoff(Duration::from_secs(2), Duration::from_secs(60));
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &recorder.queues(&queue, policy));
+
+    wait_state(&cluster, &client, flaky, TaskState::Dead).await;
+    wait_state(&cluster, &client, behind, TaskState::Done).await;
+    let runs = recorder.runs_of(flaky);
+    assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    // Backoff 2 s, 4 s, 8 s, each with equal jitter: at least half of it.
+    for (i, pair) in runs.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        let full = Duration::from_secs(2 << i);
+        assert!(gap >= full / 2, "gap {i} of {gap:?} is shorter than half of {full:?}");
+        assert!(gap <= full + Duration::from_secs(2), "gap {i} of {gap:?} is much longer than {full:?}");
+    }
+    let dead = client.task(flaky).await.expect("task");
+    assert_eq!((dead.attempts, dead.last_error.as_deref()), (4, Some("it failed")));
+    assert!(
+        recorder.runs_of(behind)[0].at < runs[1].at,
+        "the task behind ran while the flaky one backed off"
+    );
+    let listed = client.list_tasks("shop", "orders", TaskState::Dead, None, 10).await.expect("dead letters");
+    assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), vec![flaky]);
+
+    // An operator's retry brings it back; it fails again four times.
+    let back = client.retry_task(flaky).await.expect("retry");
+    assert_eq!((back.state, back.attempts), (TaskState::Pending, 0));
+    let reached = cluster.wait_until(LIMIT, || async { recorder.runs_of(flaky).len() == 5 }).await;
+    assert!(reached, "the revived task ran again");
+}
+
+#[actix::test]
+async fn panics_timeouts_and_permanent_failures_count_as_failures() {
+    let (mut cluster, queue, client) = cluster(2).await;
+    let panics = enqueue(&client, TaskSpec::new("panic").partition(0).max_attempts(2)).await;
+    let hangs =
+        enqueue(&client, TaskSpec::new("hang").partition(1).max_attempts(1).timeout(Duration::from_secs(5)))
+            .await;
+    let dead = enqueue(&client, TaskSpec::new("dead").partition(0).max_attempts(10)).await;
+    let after = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    let recorder = Recorder::default();
+    let policy = TaskPolicy::default().backoff(Duration::from_millis(100), Duration::from_secs(1));
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &recorder.queues(&queue, policy));
+    wait_all_finished(&cluster, &client, &[panics, hangs, dead, after]).await;
+
+    let p = client.task(panics).await.expect("task");
+    assert_eq!((p.state, p.attempts), (TaskState::Dead, 2));
+    assert!(p.last_error.as_deref().is_some_and(|e| e.contains("panicked on purpose")), "{p:?}");
+    let h = client.task(hangs).await.expect("task");
+    assert_eq!(h.state, TaskState::Dead);
+    assert!(h.last_error.as_deref().is_some_and(|e| e.contains("timed out after 5000 ms")), "{h:?}");
+    let d = client.task(dead).await.expect("task");
+    assert_eq!(
+        (d.state, d.attempts, d.last_error.as_deref()),
+        (TaskState::Dead, 1, Some("it can never work"))
+    );
+    assert_eq!(state(&client, after).await, TaskState::Done, "the worker kept running after a panic");
+}
+
+#[actix::test]
+async fn a_snooze_puts_the_task_back_without_counting_the_attempt() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let snoozer = enqueue(&client, TaskSpec::new("snooze").max_attempts(1)).await;
+    let recorder = Recorder::default();
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &recorder.queues(&queue, TaskPolicy::default()));
+    wait_state(&cluster, &client, snoozer, TaskState::Done).await;
+    let runs = recorder.runs_of(snoozer);
+    assert_eq!(
+        runs.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        vec![1, 1],
+        "the snooze gave the attempt back"
+    );
+    assert!(runs[1].at - runs[0].at >= Duration::from_secs(30), "not before the snooze ended");
+}
+
+#[actix::test]
+async fn cancelled_tasks_do_not_run_and_a_running_one_ends_cancelled() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let running = enqueue(&client, TaskSpec::new("wait").priority(-1)).await;
+    let pending = enqueue(&client, TaskSpec::new("ok").delay(Duration::from_secs(20))).await;
+    let recorder = Recorder::default();
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &recorder.queues(&queue, TaskPolicy::default().in_flight(1)));
+    wait_state(&cluster, &client, running, TaskState::Running).await;
+
+    assert_eq!(client.cancel_task(pending).await.expect("cancel"), CancelOutcome::Cancelled);
+    assert_eq!(client.cancel_task(running).await.expect("cancel"), CancelOutcome::Requested);
+    recorder.release.notify_one();
+    wait_state(&cluster, &client, running, TaskState::Cancelled).await;
+    cluster.advance(Duration::from_secs(40)).await;
+    assert_eq!(state(&client, pending).await, TaskState::Cancelled);
+    assert!(recorder.runs_of(pending).is_empty(), "a cancelled task never runs");
+    assert_eq!(
+        client.cancel_task(running).await.expect("cancel"),
+        CancelOutcome::AlreadyFinished(TaskState::Cancelled)
+    );
+}
+
+#[actix::test]
+async fn delayed_tasks_do_not_run_before_their_run_at() {
+    let (mut cluster, queue, client) = cluster(4).await;
+    let recorder = Recorder::default();
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &recorder.queues(&queue, TaskPolicy::default()));
+    let start = Instant::now();
+    let mut due = BTreeMap::new();
+    for (i, secs) in [7u64, 3, 12, 5].into_iter().enumerate() {
+        let id =
+            enqueue(&client, TaskSpec::new("ok").key(format!("k{i}")).delay(Duration::from_secs(secs))).await;
+        due.insert(id, start + Duration::from_secs(secs));
+    }
+    let ids: Vec<TaskId> = due.keys().copied().collect();
+    wait_all_finished(&cluster, &client, &ids).await;
+    for run in recorder.runs() {
+        let at = due[&run.id];
+        assert!(run.at >= at, "task {} ran {:?} before its run_at", run.id, at - run.at);
+        // Found by the worker's poll (every 1 s) and run at its due time.
+        assert!(run.at <= at + Duration::from_millis(1_500), "task {} ran {:?} late", run.id, run.at - at);
+    }
+}
+
+/// Two workers, a kill mid-way: every task ends DONE exactly once, tasks of the killed worker
+/// ran again under a higher epoch, and no attempt ran under an epoch after another owner's.
+#[actix::test]
+async fn a_killed_workers_tasks_run_again_after_reassignment_and_each_completes_once() {
+    let (mut cluster, queue, client) = cluster(8).await;
+    let specs: Vec<TaskSpec> =
+        (0..200).map(|i| TaskSpec::new("wait-free").key(format!("order-{i}"))).collect();
+    let ids: Vec<TaskId> = client
+        .enqueue_batch("shop", "orders", specs)
+        .await
+        .expect("batch")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let slow = Recorder::default();
+    let handler_runs = Arc::clone(&slow.runs);
+    // Each attempt takes 100 ms of virtual time.
+    let queues = TaskQueues::new().queue(
+        queue.id,
+        task_handler_fn(move |task: TaskContext| {
+            let runs = Arc::clone(&handler_runs);
+            async move {
+                runs.lock().expect("runs").push(Run {
+                    id: task.id(),
+                    attempt: task.attempt(),
+                    epoch: task.epoch(),
+                    worker: task.partition().worker,
+                    payload: String::new(),
+                    at: Instant::now(),
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                TaskOutcome::Done
+            }
+        }),
+        TaskPolicy::default().in_flight(2),
+    );
+    cluster.add_coordinator();
+    let a = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let b = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let halfway = cluster.wait_until(LIMIT, || async { slow.runs().len() >= 60 }).await;
+    assert!(halfway);
+    let victim: SimWorker = if slow.runs().iter().filter(|r| r.worker == a.id()).count() > 0 { a } else { b };
+    cluster.kill(&victim);
+    wait_all_finished(&cluster, &client, &ids).await;
+
+    for id in &ids {
+        assert_eq!(state(&client, *id).await, TaskState::Done, "task {id}");
+    }
+    let done: u64 = client
+        .task_counts("shop", "orders")
+        .await
+        .expect("counts")
+        .iter()
+        .filter(|c| c.state == TaskState::Done)
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(done, 200, "each task completed exactly once in the database");
+    let runs = slow.runs();
+    let rerun: Vec<&Run> = runs.iter().filter(|r| r.attempt > 1).collect();
+    assert!(!rerun.is_empty(), "the killed worker's running tasks ran again");
+    for r in rerun {
+        let first = runs.iter().find(|f| f.id == r.id && f.attempt == 1).expect("first attempt");
+        assert_eq!(first.worker, victim.id(), "only the killed worker's tasks ran again");
+        assert!(r.epoch > first.epoch, "the rerun is under a newer epoch");
+    }
+    cluster.check_invariants().await.expect("one owner at a time");
+}
+
+/// The task on its last allowed attempt dies with its worker: when the partition is granted
+/// again, the task goes dead, and the tasks behind it run.
+#[actix::test]
+async fn a_worker_killed_during_a_last_attempt_leaves_a_dead_task_and_the_rest_run() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let last = enqueue(&client, TaskSpec::new("hang").max_attempts(1)).await;
+    let behind: Vec<TaskId> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(enqueue(&client, TaskSpec::new("ok")).await);
+        }
+        ids
+    };
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default().in_flight(1));
+    cluster.add_coordinator();
+    let first = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    wait_state(&cluster, &client, last, TaskState::Running).await;
+    cluster.kill(&first);
+    cluster.add_task_worker(&[(&queue, 1)], &queues);
+    wait_state(&cluster, &client, last, TaskState::Dead).await;
+    wait_all_finished(&cluster, &client, &behind).await;
+    let dead = client.task(last).await.expect("task");
+    assert!(dead.last_error.as_deref().is_some_and(|e| e.contains("lost with its owner")), "{dead:?}");
+    assert_eq!(recorder.runs_of(last).len(), 1, "a dead task does not run again");
+    for id in behind {
+        assert_eq!(state(&client, id).await, TaskState::Done);
+    }
+}
+
+/// A worker cut off from the store while a task runs: the partition moves, the old owner's
+/// completion is refused (fenced by epoch), and the new owner runs the task again.
+#[actix::test]
+async fn a_stale_owners_completion_is_refused_and_the_new_owner_runs_the_task() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let task = enqueue(&client, TaskSpec::new("wait").max_attempts(3)).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let old = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    wait_state(&cluster, &client, task, TaskState::Running).await;
+    let first = recorder.runs_of(task)[0].clone();
+    cluster.cut_off(&old);
+    let new = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let moved = cluster
+        .wait_until(LIMIT, || async { recorder.runs_of(task).iter().any(|r| r.worker == new.id()) })
+        .await;
+    assert!(moved, "the new owner ran the task again");
+    let stale =
+        OwnerFence { queue: queue.id, partition: PartitionId(0), worker: old.id(), epoch: first.epoch };
+    assert!(
+        matches!(cluster.store().complete_tasks(&stale, &[task]).await, Err(StoreError::Fenced(_))),
+        "the old owner's completion is refused"
+    );
+    recorder.release.notify_waiters();
+    wait_state(&cluster, &client, task, TaskState::Done).await;
+    let done = client.task(task).await.expect("task");
+    assert_eq!(done.claimed_by, Some(new.id()));
+    assert!(done.claimed_epoch > Some(first.epoch));
+    assert_eq!(recorder.runs_of(task).iter().filter(|r| r.worker == old.id()).count(), 1);
+}
+
+/// Bad input to the client gets a clear error and writes nothing.
+#[actix::test]
+async fn bad_task_input_is_refused_and_changes_nothing() {
+    let (cluster, _queue, client) = cluster(4).await;
+    support::tasks::bad_input_is_refused(&client, cluster.store().as_ref()).await;
+}
