@@ -39,6 +39,7 @@ macro_rules! task_conformance_tests {
             tasks_counts_by_partition_and_state,
             tasks_list_pages_by_id,
             tasks_prune_removes_old_finished_tasks,
+            tasks_large_batches_are_written_whole,
         );
     };
     (@cases $setup:expr; $($case:ident),* $(,)?) => {
@@ -676,4 +677,29 @@ pub async fn tasks_prune_removes_old_finished_tasks(b: &dyn Backend) {
     assert_not_found(store.get_task(done[0]).await, "pruned task");
     assert_eq!(state(&*store, pending).await, TaskState::Pending);
     assert_eq!(store.prune_tasks(Duration::MAX, 10).await.expect("prune with a huge cutoff"), 0);
+}
+
+/// Claims and owner writes of thousands of tasks at once (past SQLite's 500 terms of a
+/// compound SELECT, and past MySQL's chunks) write every task.
+pub async fn tasks_large_batches_are_written_whole(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 1).await;
+    let owner = s.own(&*store, 0, 0).await;
+    let batch: Vec<NewTask> = (0..2_400).map(|i| task(0, &format!("t{i}"))).collect();
+    store.enqueue_tasks(s.queue.id, &batch).await.expect("enqueue");
+    let claimed = store.claim_tasks(&owner, 2_400).await.expect("claim");
+    assert_eq!(claimed.len(), 2_400);
+    let (done, rest) = claimed.split_at(1_200);
+    let (failed, snoozed) = rest.split_at(600);
+    let out = store.complete_tasks(&owner, &ids(done)).await.expect("complete");
+    assert_eq!(out.applied.len(), 1_200);
+    let failures: Vec<TaskFailure> =
+        failed.iter().map(|t| TaskFailure::retry(t.id, "again", Duration::from_secs(3_600))).collect();
+    assert_eq!(store.fail_tasks(&owner, &failures).await.expect("fail").applied.len(), 600);
+    let retries: Vec<TaskRetry> =
+        snoozed.iter().map(|t| TaskRetry { id: t.id, delay: Duration::from_secs(3_600) }).collect();
+    assert_eq!(store.retry_tasks_later(&owner, &retries).await.expect("retry later").applied.len(), 600);
+    let counts = store.task_counts(s.queue.id).await.expect("counts");
+    let count = |state| counts.iter().filter(|c| c.state == state).map(|c| c.count).sum::<u64>();
+    assert_eq!((count(TaskState::Done), count(TaskState::Pending), count(TaskState::Running)), (1_200, 1_200, 0));
 }

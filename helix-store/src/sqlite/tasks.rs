@@ -406,7 +406,7 @@ pub(super) fn owner_write(
 fn apply(conn: &mut SqliteConnection, now: DateTime<Utc>, writes: &[TaskWrite]) -> Tx<()> {
     let (finished, hot): (Vec<&TaskWrite>, Vec<&TaskWrite>) =
         writes.iter().partition(|w| w.state.is_finished());
-    for chunk in finished.chunks(MAX_BINDS / 5) {
+    for chunk in finished.chunks((MAX_BINDS / 5).min(MAX_COMPOUND_ROWS)) {
         let values = derived(chunk.len(), "? AS id, ? AS state, ? AS attempts, ? AS err", "?, ?, ?, ?");
         let sql = format!(
             "INSERT INTO helix_task_history ({COLUMNS}, finished_at) SELECT t.id, t.queue_id, t.partition_id, \
@@ -434,7 +434,7 @@ fn apply(conn: &mut SqliteConnection, now: DateTime<Utc>, writes: &[TaskWrite]) 
         let q = sql_query(format!("DELETE FROM helix_tasks WHERE id IN ({})", marks(ids.len()))).into_boxed();
         bind_task_ids(q, &ids).execute(conn)?;
     }
-    for chunk in hot.chunks(MAX_BINDS / 7) {
+    for chunk in hot.chunks((MAX_BINDS / 7).min(MAX_COMPOUND_ROWS)) {
         let values = derived(
             chunk.len(),
             "? AS id, ? AS state, ? AS attempts, ? AS run_at, ? AS deadline_at, ? AS err",
@@ -460,7 +460,12 @@ fn apply(conn: &mut SqliteConnection, now: DateTime<Utc>, writes: &[TaskWrite]) 
     Ok(())
 }
 
-/// `SELECT <first> UNION ALL SELECT <rest> …`: a derived table of `n` bound rows.
+/// The most rows of one [`derived`] table: SQLite refuses a compound `SELECT` of more than
+/// 500 terms (`SQLITE_MAX_COMPOUND_SELECT`, "too many terms in compound SELECT").
+const MAX_COMPOUND_ROWS: usize = 500;
+
+/// `SELECT <first> UNION ALL SELECT <rest> …`: a derived table of `n` bound rows, at most
+/// [`MAX_COMPOUND_ROWS`].
 fn derived(n: usize, first: &str, rest: &str) -> String {
     let mut sql = format!("SELECT {first}");
     for _ in 1..n {
