@@ -245,3 +245,38 @@ async fn sqlite_bad_task_input_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
     bad_input(sqlite(&dir).await).await;
 }
+
+/// Large in-flight limits: claims and outcome batches of hundreds of tasks per partition.
+async fn large_batches_drain_the_backlog(store: Arc<dyn Store>) {
+    let mut cluster = SimCluster::with_store(Arc::clone(&store), fast_config()).expect("cluster");
+    let queue = cluster.create_queue("shop", "orders", 2).await.expect("queue");
+    let client = Client::new(store);
+    let ids: Vec<TaskId> = client
+        .enqueue_batch(
+            "shop",
+            "orders",
+            (0..3_000).map(|i| TaskSpec::new("ok").key(format!("k{i}"))).collect(),
+        )
+        .await
+        .expect("batch")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let (queues, runs) = recording(queue.id, Duration::ZERO, TaskPolicy::default().in_flight(512));
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &queues);
+    assert!(wait_for(DEADLINE, || async { all_finished(&client, &ids).await }).await, "every task finished");
+    assert_eq!(runs.lock().expect("runs").len(), 3_000, "each task ran once");
+}
+
+#[actix::test]
+async fn mysql_large_batches_drain_the_backlog() {
+    let (store, _db) = mysql().await;
+    large_batches_drain_the_backlog(store).await;
+}
+
+#[actix::test]
+async fn sqlite_large_batches_drain_the_backlog() {
+    let dir = tempfile::tempdir().expect("dir");
+    large_batches_drain_the_backlog(sqlite(&dir).await).await;
+}

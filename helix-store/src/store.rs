@@ -272,9 +272,10 @@ pub trait Store: Send + Sync + 'static {
     /// so that its owner's next write ends it as `CANCELLED` (its completion is not recorded
     /// as `DONE`). A finished task is left alone. `NotFound` for an unknown id.
     async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome>;
-    /// Orphan recovery by epoch, for the owner of a newly granted (or adopted) partition:
-    /// every task of the partition still claimed under an older epoch than the fence's lost
-    /// its attempt with its owner. It becomes `PENDING` again (run_at unchanged), or `DEAD`
+    /// Orphan recovery by epoch, for an owner that runs none of the partition's tasks: when it
+    /// is granted (or adopts) the partition, or starts running it again at the same epoch.
+    /// Every task of the partition still claimed under the fence's epoch or an older one lost
+    /// its attempt (with its owner, or with an earlier run of this one). It becomes `PENDING` again (run_at unchanged), or `DEAD`
     /// when that was its last attempt (with a `last_error` saying so), or `CANCELLED` when it
     /// was `CANCELLING`; the tasks behind it are unaffected. Never decided by elapsed time.
     /// Fenced by `owner = worker AND epoch = epoch` on the assignment row, in the same

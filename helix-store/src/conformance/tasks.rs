@@ -437,9 +437,15 @@ pub async fn tasks_a_stale_epoch_is_fenced_and_its_tasks_recovered(b: &dyn Backe
         (2, Some(new.epoch), Some(new.worker))
     );
     assert_fenced(store.complete_tasks(&old, &[t]).await, "the old owner still cannot complete");
-    // The new owner's own running tasks are not recovered from under it.
-    assert!(store.recover_partition_tasks(&new).await.expect("recover").requeued.is_empty());
-    assert_eq!(store.complete_tasks(&new, &[t]).await.expect("complete").applied, vec![(t, TaskState::Done)]);
+    // An owner that starts over at its own epoch (its earlier run of the partition ended with
+    // the task claimed) recovers its own epoch's tasks too; its stale completion is skipped.
+    let recovered = store.recover_partition_tasks(&new).await.expect("recover");
+    assert_eq!(recovered.requeued, vec![t, behind], "the tasks of the owner's own epoch are recovered");
+    assert!(store.complete_tasks(&new, &[t]).await.expect("complete").skipped.contains(&t));
+    let third = store.claim_tasks(&new, 5).await.expect("claim");
+    assert_eq!((ids(&third), third[0].attempts), (vec![t, behind], 3));
+    let done = store.complete_tasks(&new, &[t, behind]).await.expect("complete").applied;
+    assert_eq!(done, vec![(t, TaskState::Done), (behind, TaskState::Done)]);
 
     // The same worker under a newer epoch (as after adopting its rows again) is a new owner:
     // its older epoch stays fenced.
@@ -701,5 +707,8 @@ pub async fn tasks_large_batches_are_written_whole(b: &dyn Backend) {
     assert_eq!(store.retry_tasks_later(&owner, &retries).await.expect("retry later").applied.len(), 600);
     let counts = store.task_counts(s.queue.id).await.expect("counts");
     let count = |state| counts.iter().filter(|c| c.state == state).map(|c| c.count).sum::<u64>();
-    assert_eq!((count(TaskState::Done), count(TaskState::Pending), count(TaskState::Running)), (1_200, 1_200, 0));
+    assert_eq!(
+        (count(TaskState::Done), count(TaskState::Pending), count(TaskState::Running)),
+        (1_200, 1_200, 0)
+    );
 }

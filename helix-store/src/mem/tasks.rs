@@ -279,7 +279,7 @@ impl MemStore {
                 t.queue_id == fence.queue
                     && t.partition == fence.partition
                     && t.state.is_claimed()
-                    && t.claimed_epoch.is_some_and(|e| e < fence.epoch)
+                    && t.claimed_epoch.is_some_and(|e| e <= fence.epoch)
             })
             .map(|t| rules::after_recovery(&head(t), fence))
             .collect();

@@ -638,7 +638,7 @@ pub(super) async fn recover(conn: &mut Conn, fence: &OwnerFence) -> Res<TaskReco
     let now = check_owner(conn, fence, false).await?;
     let rows: Vec<HeadRow> = diesel::sql_query(
         "SELECT id, state, attempts, max_attempts, claimed_epoch FROM helix_tasks WHERE queue_id = ? \
-         AND partition_id = ? AND state IN ('RUNNING', 'CANCELLING') AND claimed_epoch < ? ORDER BY id FOR UPDATE",
+         AND partition_id = ? AND state IN ('RUNNING', 'CANCELLING') AND claimed_epoch <= ? ORDER BY id FOR UPDATE",
     )
     .bind::<BigInt, _>(q_i64(fence.queue)?)
     .bind::<Integer, _>(p_i32(fence.partition)?)

@@ -261,8 +261,8 @@ pub fn after_extend(head: &TaskHead, now: DateTime<Utc>, by: Duration) -> TaskWr
     }
 }
 
-/// Recovery of a task left claimed under an older epoch when `fence` took the partition: its
-/// attempt was lost with its owner and counts. `DEAD` when it was the last allowed,
+/// Recovery of a task left claimed under the fence's epoch or an older one when `fence`
+/// took (or took up again) the partition: its attempt was lost and counts. `DEAD` when it was the last allowed,
 /// `CANCELLED` when it was cancelled meanwhile, otherwise `PENDING` again with its `run_at`
 /// unchanged (it keeps its place in the claim order).
 pub fn after_recovery(head: &TaskHead, fence: &OwnerFence) -> TaskWrite {

@@ -480,7 +480,7 @@ pub(super) fn recover(conn: &mut SqliteConnection, fence: &OwnerFence) -> Tx<Tas
     let now = check_owner(conn, fence, false)?;
     let heads: Vec<HeadRow> = sql_query(
         "SELECT id, state, attempts, max_attempts, claimed_epoch FROM helix_tasks WHERE queue_id = ? \
-         AND partition_id = ? AND state IN ('RUNNING', 'CANCELLING') AND claimed_epoch < ? ORDER BY id",
+         AND partition_id = ? AND state IN ('RUNNING', 'CANCELLING') AND claimed_epoch <= ? ORDER BY id",
     )
     .bind::<BigInt, _>(to_i64(fence.queue.0, "queue id")?)
     .bind::<BigInt, _>(i64::from(fence.partition.0))
