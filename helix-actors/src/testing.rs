@@ -8,7 +8,7 @@
 //! - [`CutOffStore`]: a link to a store that can be cut off or stalled, the fault every
 //!   liveness test needs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -115,6 +115,26 @@ pub struct CutOffStore {
     hung: Arc<Mutex<BTreeSet<HungCall>>>,
     /// When a hung call was first made.
     first_hung: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// The faults waiting for the next calls of each method, in order.
+    faults: Arc<Mutex<BTreeMap<&'static str, VecDeque<CallFault>>>>,
+}
+
+/// A fault for one call of a [`Store`] method, put there by [`CutOffStore::inject`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFault {
+    /// The call reaches the store and commits, then its answer is lost: the caller gets
+    /// [`StoreError::Unavailable`], as when the connection dies between the commit and the
+    /// reply. Only the task methods that write (`enqueue_task`, `enqueue_tasks`,
+    /// `claim_tasks`, `complete_tasks`, `fail_tasks`, `retry_tasks_later`, `extend_tasks`,
+    /// `recover_partition_tasks`) take it; on others it stays queued.
+    LoseAnswer,
+    /// The call is answered with this error without reaching the store.
+    Refuse(StoreError),
+    /// The call never reaches the store and never answers, as a request lost on the wire.
+    Hang,
+    /// The call waits this long (on tokio's clock) on its way, then reaches the store, as a
+    /// request held up by the network.
+    Delay(Duration),
 }
 
 /// A store method's name, and the queue its calls hang for (`None`: every call).
@@ -136,6 +156,31 @@ impl CutOffStore {
             lose_moved: Arc::default(),
             hung: Arc::default(),
             first_hung: Arc::default(),
+            faults: Arc::default(),
+        }
+    }
+
+    /// The next `calls` calls of the [`Store`] method named `method` (`"claim_tasks"`, say)
+    /// meet `fault`, after the faults injected before for that method; later calls go
+    /// through.
+    pub fn inject(&self, method: &'static str, fault: CallFault, calls: usize) {
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        faults.entry(method).or_default().extend(std::iter::repeat_n(fault, calls));
+    }
+
+    /// Takes the next fault of `method` if it is a [`CallFault::LoseAnswer`] (when
+    /// `lose_answer`) or another kind (when not); `None` otherwise.
+    fn next_fault(&self, method: &'static str, lose_answer: bool) -> Option<CallFault> {
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = faults.get_mut(method)?;
+        if (*queue.front()? == CallFault::LoseAnswer) == lose_answer { queue.pop_front() } else { None }
+    }
+
+    /// `result`, lost when `lose` (see [`CallFault::LoseAnswer`]).
+    fn answer<T>(method: &'static str, lose: bool, result: StoreResult<T>) -> StoreResult<T> {
+        match result {
+            Ok(_) if lose => Err(StoreError::Unavailable(format!("the answer of {method} was lost"))),
+            other => other,
         }
     }
 
@@ -215,6 +260,12 @@ impl CutOffStore {
     }
 
     async fn link(&self, method: &'static str, queue: Option<QueueId>) -> StoreResult<&dyn Store> {
+        match self.next_fault(method, false) {
+            Some(CallFault::Refuse(error)) => return Err(error),
+            Some(CallFault::Hang) => std::future::pending::<()>().await,
+            Some(CallFault::Delay(delay)) => tokio::time::sleep(delay).await,
+            _ => {}
+        }
         if self.lost.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
             || self.hangs(method, queue)
         {
@@ -388,30 +439,42 @@ impl Store for CutOffStore {
         self.link("prune_events", None).await?.prune_events(older_than).await
     }
     async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
-        self.link("enqueue_task", None).await?.enqueue_task(queue, task).await
+        let lose = self.next_fault("enqueue_task", true).is_some();
+        let result = self.link("enqueue_task", None).await?.enqueue_task(queue, task).await;
+        Self::answer("enqueue_task", lose, result)
     }
     async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
-        self.link("enqueue_tasks", None).await?.enqueue_tasks(queue, tasks).await
+        let lose = self.next_fault("enqueue_tasks", true).is_some();
+        let result = self.link("enqueue_tasks", None).await?.enqueue_tasks(queue, tasks).await;
+        Self::answer("enqueue_tasks", lose, result)
     }
     async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
-        self.link("claim_tasks", None).await?.claim_tasks(fence, limit).await
+        let lose = self.next_fault("claim_tasks", true).is_some();
+        let result = self.link("claim_tasks", None).await?.claim_tasks(fence, limit).await;
+        Self::answer("claim_tasks", lose, result)
     }
     async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
-        self.link("complete_tasks", None).await?.complete_tasks(fence, ids).await
+        let lose = self.next_fault("complete_tasks", true).is_some();
+        let result = self.link("complete_tasks", None).await?.complete_tasks(fence, ids).await;
+        Self::answer("complete_tasks", lose, result)
     }
     async fn fail_tasks(
         &self,
         fence: &OwnerFence,
         failures: &[TaskFailure],
     ) -> StoreResult<TaskBatchOutcome> {
-        self.link("fail_tasks", None).await?.fail_tasks(fence, failures).await
+        let lose = self.next_fault("fail_tasks", true).is_some();
+        let result = self.link("fail_tasks", None).await?.fail_tasks(fence, failures).await;
+        Self::answer("fail_tasks", lose, result)
     }
     async fn retry_tasks_later(
         &self,
         fence: &OwnerFence,
         retries: &[TaskRetry],
     ) -> StoreResult<TaskBatchOutcome> {
-        self.link("retry_tasks_later", None).await?.retry_tasks_later(fence, retries).await
+        let lose = self.next_fault("retry_tasks_later", true).is_some();
+        let result = self.link("retry_tasks_later", None).await?.retry_tasks_later(fence, retries).await;
+        Self::answer("retry_tasks_later", lose, result)
     }
     async fn extend_tasks(
         &self,
@@ -419,13 +482,17 @@ impl Store for CutOffStore {
         ids: &[TaskId],
         by: Duration,
     ) -> StoreResult<TaskBatchOutcome> {
-        self.link("extend_tasks", None).await?.extend_tasks(fence, ids, by).await
+        let lose = self.next_fault("extend_tasks", true).is_some();
+        let result = self.link("extend_tasks", None).await?.extend_tasks(fence, ids, by).await;
+        Self::answer("extend_tasks", lose, result)
     }
     async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
         self.link("cancel_task", None).await?.cancel_task(id).await
     }
     async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
-        self.link("recover_partition_tasks", None).await?.recover_partition_tasks(fence).await
+        let lose = self.next_fault("recover_partition_tasks", true).is_some();
+        let result = self.link("recover_partition_tasks", None).await?.recover_partition_tasks(fence).await;
+        Self::answer("recover_partition_tasks", lose, result)
     }
     async fn next_due(
         &self,

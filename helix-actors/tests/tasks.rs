@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use helix_actors::client::{Client, TaskSpec};
 use helix_actors::tasks::{TaskContext, TaskOutcome, TaskPolicy, TaskQueues, task_handler_fn};
-use helix_actors::testing::{SimCluster, SimWorker};
+use helix_actors::testing::{CallFault, SimCluster, SimWorker};
 use helix_core::{ClusterConfig, Epoch, PartitionId, WorkerId};
 use helix_store::{CancelOutcome, Enqueued, OwnerFence, QueueRecord, StoreError, TaskId, TaskState};
 use tokio::sync::Notify;
@@ -31,11 +31,14 @@ struct Run {
 
 /// Records every attempt, then acts on its payload: `ok`, `fail` (a failed attempt), `dead`
 /// (a permanent failure), `panic`, `hang` (never answers), `wait` (until `release`),
-/// `snooze` (once, then ok).
+/// `snooze` (once, then ok), `again` (a failed first attempt to retry at once, then 10 s of
+/// work), `gated-again` (as `again`, the first attempt ending at `gate`), `snooze-forever`
+/// and `retry-forever` (delays past every limit).
 #[derive(Clone, Default)]
 struct Recorder {
     runs: Arc<Mutex<Vec<Run>>>,
     release: Arc<Notify>,
+    gate: Arc<Notify>,
 }
 
 impl Recorder {
@@ -72,6 +75,25 @@ impl Recorder {
                 TaskOutcome::Done
             }
             "snooze" if !snoozed_before => TaskOutcome::Snooze(Duration::from_secs(30)),
+            "again" if task.attempt() == 1 => {
+                TaskOutcome::Retry { error: "once more".to_owned(), delay: Some(Duration::ZERO) }
+            }
+            "again" => {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                TaskOutcome::Done
+            }
+            "gated-again" if task.attempt() == 1 => {
+                self.gate.notified().await;
+                TaskOutcome::Retry { error: "once more".to_owned(), delay: Some(Duration::ZERO) }
+            }
+            "gated-again" => {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                TaskOutcome::Done
+            }
+            "snooze-forever" => TaskOutcome::Snooze(Duration::MAX),
+            "retry-forever" => {
+                TaskOutcome::Retry { error: "much later".to_owned(), delay: Some(Duration::MAX) }
+            }
             _ => TaskOutcome::Done,
         }
     }
@@ -420,4 +442,211 @@ async fn a_stale_owners_completion_is_refused_and_the_new_owner_runs_the_task() 
 async fn bad_task_input_is_refused_and_changes_nothing() {
     let (cluster, _queue, client) = cluster(4).await;
     support::tasks::bad_input_is_refused(&client, cluster.store().as_ref()).await;
+}
+
+/// A worker whose partition of `queue` runs, shown by a first task done.
+async fn running_worker(
+    cluster: &mut SimCluster,
+    client: &Client,
+    queue: &QueueRecord,
+    queues: &TaskQueues,
+) -> SimWorker {
+    let worker = cluster.add_task_worker(&[(queue, 1)], queues);
+    let canary = enqueue(client, TaskSpec::new("ok")).await;
+    wait_state(cluster, client, canary, TaskState::Done).await;
+    worker
+}
+
+/// A claim that commits but whose answer is lost leaves tasks `RUNNING` that nothing runs:
+/// the runner recovers them at its own epoch (the lost attempt counts, as for a dead worker)
+/// and runs them, each once.
+#[actix::test]
+async fn the_tasks_of_a_claim_whose_answer_was_lost_are_recovered_and_run() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    worker.link().inject("claim_tasks", CallFault::LoseAnswer, 1);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(enqueue(&client, TaskSpec::new("ok").max_attempts(3)).await);
+    }
+    wait_all_finished(&cluster, &client, &ids).await;
+    for id in ids {
+        let task = client.task(id).await.expect("task");
+        assert_eq!(task.state, TaskState::Done, "{task:?}");
+        assert_eq!(task.attempts, 2, "the lost claim's attempt counts: {task:?}");
+        let runs = recorder.runs_of(id);
+        assert_eq!(runs.len(), 1, "ran once: {runs:?}");
+        assert_eq!(runs[0].attempt, 2);
+    }
+}
+
+/// A write of outcomes that commits but whose answer is lost is written again before any
+/// claim: it can never land on a newer attempt of the same task (here the failed first
+/// attempt is due again at once, and its second attempt takes 10 s, longer than the
+/// `store_retry` before the write is sent again).
+#[actix::test]
+async fn an_outcome_write_whose_answer_was_lost_never_lands_on_a_newer_attempt() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let policy = TaskPolicy { store_retry: Duration::from_secs(5), ..TaskPolicy::default() };
+    let queues = recorder.queues(&queue, policy);
+    cluster.add_coordinator();
+    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    worker.link().inject("fail_tasks", CallFault::LoseAnswer, 1);
+    let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
+    wait_state(&cluster, &client, id, TaskState::Done).await;
+    let task = client.task(id).await.expect("task");
+    assert_eq!(task.attempts, 2, "{task:?}");
+    let runs = recorder.runs_of(id);
+    assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2], "{runs:?}");
+}
+
+/// A claim refused as fenced (the partition was being revoked, say) is tried again: the
+/// partition does not stop claiming for good.
+#[actix::test]
+async fn a_refused_claim_is_tried_again() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    let fenced = StoreError::Fenced("the partition is being revoked".to_owned());
+    worker.link().inject("claim_tasks", CallFault::Refuse(fenced), 3);
+    let id = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, id, TaskState::Done).await;
+    assert_eq!(client.task(id).await.expect("task").attempts, 1);
+}
+
+/// A claim that never answers is bounded by `store_timeout`; the partition recovers and runs
+/// its tasks.
+#[actix::test]
+async fn a_hung_claim_is_bounded_and_the_partition_goes_on() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let policy = TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() };
+    let queues = recorder.queues(&queue, policy);
+    cluster.add_coordinator();
+    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    worker.link().inject("claim_tasks", CallFault::Hang, 1);
+    let sent = Instant::now();
+    let id = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, id, TaskState::Done).await;
+    assert!(sent.elapsed() >= Duration::from_secs(5), "ran only after the hung claim's bound");
+    assert_eq!(client.task(id).await.expect("task").attempts, 1, "the hung claim claimed nothing");
+}
+
+/// Outcomes past the store's limits (delays over ten years) and an in-flight limit over the
+/// store's batch limit are cut to the limits, never refused: the other outcomes of the same
+/// batch are written, and the partition goes on.
+#[actix::test]
+async fn outcomes_and_limits_past_the_stores_bounds_are_cut_not_refused() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let policy = TaskPolicy { in_flight: u32::MAX, ..TaskPolicy::default() };
+    let queues = recorder.queues(&queue, policy);
+    cluster.add_coordinator();
+    running_worker(&mut cluster, &client, &queue, &queues).await;
+    let snoozed = enqueue(&client, TaskSpec::new("snooze-forever")).await;
+    let retried = enqueue(&client, TaskSpec::new("retry-forever").max_attempts(3)).await;
+    let ok = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, ok, TaskState::Done).await;
+    let nine_years = chrono::Duration::days(9 * 365);
+    for id in [snoozed, retried] {
+        let reached = cluster
+            .wait_until(LIMIT, || async {
+                let task = client.task(id).await.expect("task");
+                task.state == TaskState::Pending && task.run_at > task.created_at + nine_years
+            })
+            .await;
+        assert!(reached, "put back about ten years ahead: {:?}", client.task(id).await);
+    }
+    let later = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, later, TaskState::Done).await;
+}
+
+/// A drain cut at `drain_timeout` drops the attempts under way; when the revocation is then
+/// cancelled (its target died), the same worker runs the partition again at the same epoch,
+/// and recovery at that epoch puts the dropped attempt back (it counts): the task runs again
+/// there and completes once.
+#[actix::test]
+async fn attempts_dropped_by_a_cut_drain_run_again_when_the_partition_runs_again_at_its_epoch() {
+    let (mut cluster, queue, client) = cluster(2).await;
+    let ids = [
+        enqueue(&client, TaskSpec::new("wait").partition(0).max_attempts(5)).await,
+        enqueue(&client, TaskSpec::new("wait").partition(1).max_attempts(5)).await,
+    ];
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let owner = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    for id in ids {
+        wait_state(&cluster, &client, id, TaskState::Running).await;
+    }
+    // A newcomer takes one partition: the owner drains it, its attempt never ends.
+    let newcomer = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let revoking = || async {
+        let rows = cluster.store().assignments(queue.id).await.expect("rows").rows;
+        rows.iter().any(|r| r.state == helix_store::AssignmentState::Revoking)
+    };
+    assert!(cluster.wait_until(LIMIT, revoking).await, "a partition is revoked toward the newcomer");
+    cluster.kill(&newcomer);
+    // The drain is cut at 10 s and the revocation cancelled: the owner runs it again.
+    cluster.advance(Duration::from_secs(15)).await;
+    let again =
+        cluster.wait_until(LIMIT, || async { ids.iter().any(|id| recorder.runs_of(*id).len() == 2) }).await;
+    assert!(again, "the dropped attempt ran again: {:?}", recorder.runs());
+    let (rerun, runs) =
+        ids.iter().map(|id| (*id, recorder.runs_of(*id))).find(|(_, runs)| runs.len() == 2).expect("rerun");
+    assert!(runs.iter().all(|r| r.worker == owner.id()), "{runs:?}");
+    assert_eq!(runs[0].epoch, runs[1].epoch, "run again at the same epoch: {runs:?}");
+    assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2]);
+    recorder.release.notify_waiters();
+    wait_all_finished(&cluster, &client, &ids).await;
+    let task = client.task(rerun).await.expect("task");
+    assert_eq!((task.state, task.attempts), (TaskState::Done, 2), "{task:?}");
+    cluster.check_invariants().await.expect("invariants");
+}
+
+/// A write of outcomes still on its way when its runner is dropped (a drain cut at its
+/// timeout) lands before the next runner of the partition at the same epoch recovers and
+/// claims: the late write cannot fail an attempt claimed after it.
+#[actix::test]
+async fn a_dropped_runners_late_write_lands_before_the_next_runner_claims() {
+    let (mut cluster, queue, client) = cluster(2).await;
+    let mut late = Vec::new();
+    for partition in 0..2 {
+        enqueue(&client, TaskSpec::new("hang").partition(partition).max_attempts(5)).await;
+        late.push(enqueue(&client, TaskSpec::new("gated-again").partition(partition).max_attempts(5)).await);
+    }
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let owner = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    for id in &late {
+        wait_state(&cluster, &client, *id, TaskState::Running).await;
+    }
+    // A newcomer takes one partition and dies: the owner drains it (the hung attempt keeps
+    // the drain going until its cut at 10 s) and runs it again at the same epoch.
+    let newcomer = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let revoking = || async {
+        let rows = cluster.store().assignments(queue.id).await.expect("rows").rows;
+        rows.iter().any(|r| r.state == helix_store::AssignmentState::Revoking)
+    };
+    assert!(cluster.wait_until(LIMIT, revoking).await, "a partition is revoked toward the newcomer");
+    cluster.kill(&newcomer);
+    // Late in the drain, the gated attempts fail; their writes are held up for 8 s on the way,
+    // past the drain's cut and the partition's next run at the same epoch.
+    cluster.advance(Duration::from_secs(8)).await;
+    owner.link().inject("fail_tasks", CallFault::Delay(Duration::from_secs(8)), 2);
+    recorder.gate.notify_waiters();
+    wait_all_finished(&cluster, &client, &late).await;
+    for id in late {
+        let runs = recorder.runs_of(id);
+        assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2], "{runs:?}");
+        let task = client.task(id).await.expect("task");
+        assert_eq!((task.state, task.attempts), (TaskState::Done, 2), "{task:?}");
+    }
 }

@@ -76,7 +76,7 @@ use helix_core::QueueId;
 use helix_store::Store;
 
 pub use handler::{TaskContext, TaskHandler, TaskHandlerFn, TaskOutcome, task_handler_fn};
-pub use policy::TaskPolicy;
+pub use policy::{MAX_IN_FLIGHT, TaskPolicy};
 
 use crate::worker::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler};
 

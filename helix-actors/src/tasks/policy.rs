@@ -4,11 +4,17 @@ use std::time::Duration;
 
 use crate::backoff;
 
+/// The most tasks of one partition that run at once (the store's largest batch,
+/// [`MAX_TASK_BATCH`](helix_store::MAX_TASK_BATCH)); a larger `in_flight` is cut to it.
+pub const MAX_IN_FLIGHT: u32 = 10_000;
+const _: () = assert!(MAX_IN_FLIGHT as usize == helix_store::MAX_TASK_BATCH);
+
 /// How a worker runs the tasks of one queue. The defaults suit most queues; `docs/tasks.md`
 /// says how to choose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskPolicy {
-    /// How many tasks of one partition run at once on its owner, at least 1. With 1, a
+    /// How many tasks of one partition run at once on its owner, from 1 to
+    /// [`MAX_IN_FLIGHT`] (values outside are cut to that range). With 1, a
     /// partition runs its tasks strictly one after another in claim order (priority,
     /// `run_at`, id). A partition claims again once half of this is free, so claims and
     /// completions come in batches of up to about half of it. Default 16.
@@ -20,6 +26,12 @@ pub struct TaskPolicy {
     /// The wait before trying a claim or a write of outcomes again after the store failed
     /// (the store actor already retried transient errors). Default 500 ms.
     pub store_retry: Duration,
+    /// The bound of each store call of a partition's runner (a claim, a write of outcomes, a
+    /// recovery): past it the call counts as failed without an answer (the claim is followed
+    /// by a recovery, the write is sent again). A partition's calls never overlap, and a new
+    /// runner of the partition waits for the calls of the one before, at most this long.
+    /// Default 10 s.
+    pub store_timeout: Duration,
 }
 
 impl Default for TaskPolicy {
@@ -29,14 +41,16 @@ impl Default for TaskPolicy {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(3_600),
             store_retry: Duration::from_millis(500),
+            store_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl TaskPolicy {
-    /// The same policy with `in_flight` tasks at once per partition (at least 1).
+    /// The same policy with `in_flight` tasks at once per partition (cut to 1 ..=
+    /// [`MAX_IN_FLIGHT`]).
     pub fn in_flight(mut self, in_flight: u32) -> Self {
-        self.in_flight = in_flight.max(1);
+        self.in_flight = in_flight.clamp(1, MAX_IN_FLIGHT);
         self
     }
 

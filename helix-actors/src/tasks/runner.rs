@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, Weak};
@@ -17,18 +18,21 @@ use chrono::{DateTime, Utc};
 use futures::future::LocalBoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use helix_core::{Epoch, PartitionId, QueueId};
-use helix_store::{OwnerFence, Store, StoreError, TaskFailure, TaskId, TaskRecord, TaskRetry};
-use tokio::sync::Notify;
+use helix_core::{PartitionId, QueueId};
+use helix_store::{
+    MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, OwnerFence, Store, StoreError, StoreResult, TaskFailure, TaskId,
+    TaskRecord, TaskRecovery, TaskRetry,
+};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::handler::{TaskContext, TaskHandler, TaskOutcome};
-use super::policy::TaskPolicy;
+use super::policy::{MAX_IN_FLIGHT, TaskPolicy};
 use crate::worker::{HandlerError, PartitionContext, PartitionHandler, PartitionKey, panic_message};
 
 /// The task queues of one worker and what its partitions share: due-time hints from the
-/// poller, the store clock's offset, and the tasks an ended incarnation left claimed.
+/// poller, the store clock's offset, and each partition's store-call lock.
 pub(crate) struct Registry {
     slots: Mutex<HashMap<PartitionKey, Arc<Slot>>>,
     /// The origin of the local milliseconds below (tokio's clock: virtual time in tests).
@@ -42,10 +46,11 @@ pub(crate) struct Slot {
     /// The earliest due instant the poller saw (a hint: a claim decides).
     due: Mutex<Option<Instant>>,
     wake: Notify,
-    /// Tasks claimed under `epoch` by an incarnation that ended before finishing them
-    /// (a drain that timed out, say); the next incarnation at the same epoch fails them first,
-    /// since orphan recovery only takes tasks of older epochs.
-    orphans: Mutex<Vec<(Epoch, TaskId, u32)>>,
+    /// Held by each store call of the partition's runners from before it is sent until it
+    /// answers or its bound passes: the calls of one partition never overlap, and a new
+    /// incarnation's recovery comes after every call an ended one left under way (a claim
+    /// that lands after the recovery would leave tasks `RUNNING` that nothing runs).
+    calls: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -60,7 +65,7 @@ impl Registry {
     fn slot(&self, key: PartitionKey) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(slots.entry(key).or_insert_with(|| {
-            Arc::new(Slot { due: Mutex::new(None), wake: Notify::new(), orphans: Mutex::new(Vec::new()) })
+            Arc::new(Slot { due: Mutex::new(None), wake: Notify::new(), calls: Arc::default() })
         }))
     }
 
@@ -82,11 +87,12 @@ impl Registry {
         i64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// The local instant of a store instant, by the sampled offset.
+    /// The local instant of a store instant, by the sampled offset, rounded up to the next
+    /// millisecond so that a claim sent then finds the task due on the store's clock.
     fn local(&self, at: DateTime<Utc>, local_now: Instant, store_now_ms: i64) -> Instant {
         let ahead = at.timestamp_millis().saturating_sub(store_now_ms);
         match u64::try_from(ahead) {
-            Ok(ms) => local_now + Duration::from_millis(ms),
+            Ok(ms) => local_now + Duration::from_millis(ms.saturating_add(1)),
             Err(_) => local_now,
         }
     }
@@ -182,46 +188,29 @@ impl TaskPartition {
 
 #[async_trait(?Send)]
 impl PartitionHandler for TaskPartition {
-    /// Recovers the tasks older epochs left running (and those an earlier incarnation at this
-    /// epoch left), then starts the claim loop, bound to the ownership.
+    /// Recovers the tasks left running at this epoch or an older one (by an earlier owner, or
+    /// by an earlier incarnation here whose drain timed out), once every store call such an
+    /// incarnation left under way has answered; then starts the claim loop, bound to the
+    /// ownership.
     async fn assigned(&mut self, ctx: &PartitionContext) -> Result<(), HandlerError> {
         let fence =
             OwnerFence { queue: ctx.queue, partition: ctx.partition, worker: ctx.worker, epoch: ctx.epoch };
-        let recovery = self.store.recover_partition_tasks(&fence).await.map_err(HandlerError::from_error)?;
-        if !(recovery.requeued.is_empty() && recovery.dead.is_empty() && recovery.cancelled.is_empty()) {
-            info!(
-                queue = %ctx.queue, partition = %ctx.partition, epoch = %ctx.epoch,
-                requeued = recovery.requeued.len(), dead = recovery.dead.len(), cancelled = recovery.cancelled.len(),
-                "tasks of an earlier owner recovered"
-            );
-        }
         let slot = self.registry.slot((ctx.queue, ctx.partition));
-        let orphans: Vec<TaskFailure> = {
-            let mut orphans = slot.orphans.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut *orphans)
-                .into_iter()
-                .filter(|(epoch, _, _)| *epoch == ctx.epoch)
-                .map(|(_, id, attempt)| {
-                    TaskFailure::retry(
-                        id,
-                        "the attempt was abandoned when its partition stopped (a drain that timed out)",
-                        self.policy.backoff_for(attempt),
-                    )
-                })
-                .collect()
-        };
-        if !orphans.is_empty() {
-            self.store.fail_tasks(&fence, &orphans).await.map_err(HandlerError::from_error)?;
-        }
-        let run = Loop {
+        let calls = Calls {
             store: Arc::clone(&self.store),
+            slot: Arc::clone(&slot),
+            bound: self.policy.store_timeout,
+        };
+        let recovery = calls.recover(fence).await.map_err(HandlerError::from_error)?;
+        log_recovery(&fence, &recovery);
+        let run = Loop {
+            calls,
             handler: Arc::clone(&self.handler),
             policy: self.policy.clone(),
             fence,
             pctx: ctx.clone(),
             slot,
             control: Rc::clone(&self.control),
-            ledger: Ledger::default(),
         };
         ctx.guard().spawn(run.run());
         Ok(())
@@ -238,6 +227,60 @@ impl PartitionHandler for TaskPartition {
     }
 }
 
+fn log_recovery(fence: &OwnerFence, recovery: &TaskRecovery) {
+    if !(recovery.requeued.is_empty() && recovery.dead.is_empty() && recovery.cancelled.is_empty()) {
+        info!(
+            %fence, requeued = recovery.requeued.len(), dead = recovery.dead.len(),
+            cancelled = recovery.cancelled.len(), "tasks left running were recovered"
+        );
+    }
+}
+
+/// The store calls of one partition's runner. Each runs detached from its caller, under the
+/// partition's call lock ([`Slot::calls`]) and bounded by the policy's `store_timeout`, so
+/// that a runner dropped mid-call (the ownership ended) still holds the lock until its call
+/// has answered.
+struct Calls {
+    store: Arc<dyn Store>,
+    slot: Arc<Slot>,
+    bound: Duration,
+}
+
+impl Calls {
+    fn call<T, F>(&self, what: &'static str, call: F) -> LocalBoxFuture<'static, StoreResult<T>>
+    where
+        T: 'static,
+        F: Future<Output = StoreResult<T>> + 'static,
+    {
+        let (lock, bound) = (Arc::clone(&self.slot.calls), self.bound);
+        let (answer, answered) = oneshot::channel();
+        actix::spawn(async move {
+            let _held = lock.lock_owned().await;
+            let result = tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!("{what} did not answer within {} ms", bound.as_millis())))
+            });
+            // The runner may be gone: its successor recovers what this call left.
+            let _ = answer.send(result);
+        });
+        async move {
+            answered
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("{what} ended without an answer"))))
+        }
+        .boxed_local()
+    }
+
+    fn recover(&self, fence: OwnerFence) -> LocalBoxFuture<'static, StoreResult<TaskRecovery>> {
+        let store = Arc::clone(&self.store);
+        self.call("recovering tasks", async move { store.recover_partition_tasks(&fence).await })
+    }
+
+    fn claim(&self, fence: OwnerFence, limit: u32) -> LocalBoxFuture<'static, StoreResult<Vec<TaskRecord>>> {
+        let store = Arc::clone(&self.store);
+        self.call("claiming tasks", async move { store.claim_tasks(&fence, limit).await })
+    }
+}
+
 /// One finished attempt, waiting to be recorded.
 struct Finished {
     id: TaskId,
@@ -245,51 +288,43 @@ struct Finished {
     outcome: TaskOutcome,
 }
 
-/// The tasks this incarnation claimed and has not recorded: left to the next incarnation at
-/// the same epoch when the loop is dropped with some (see [`Slot::orphans`]).
-#[derive(Default)]
-struct Ledger {
-    open: HashMap<TaskId, u32>,
-    epoch: Option<(Epoch, Arc<Slot>)>,
+/// The answer of the loop's store call.
+enum Answer {
+    Claimed {
+        asked: u32,
+        result: StoreResult<Vec<TaskRecord>>,
+    },
+    /// A write of outcomes: on success, the shortest delay of a task put back for later.
+    Flushed {
+        batch: Vec<Finished>,
+        result: StoreResult<Option<Duration>>,
+    },
+    Recovered(StoreResult<TaskRecovery>),
 }
 
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        if let Some((epoch, slot)) = self.epoch.take()
-            && !self.open.is_empty()
-        {
-            let mut orphans = slot.orphans.lock().unwrap_or_else(|e| e.into_inner());
-            orphans.retain(|(e, _, _)| *e == epoch);
-            orphans.extend(self.open.drain().map(|(id, attempt)| (epoch, id, attempt)));
-        }
-    }
+/// The loop's store call under way, and whether it is a claim.
+struct Pending {
+    claim: bool,
+    answer: LocalBoxFuture<'static, Answer>,
 }
 
 struct Loop {
-    store: Arc<dyn Store>,
+    calls: Calls,
     handler: Arc<dyn TaskHandler>,
     policy: TaskPolicy,
     fence: OwnerFence,
     pctx: PartitionContext,
     slot: Arc<Slot>,
     control: Rc<Control>,
-    ledger: Ledger,
 }
 
-/// When the partition may have due work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Due {
-    At(Instant),
-    /// Nothing known: wait for the poller's hint.
-    Unknown,
+/// The earliest of two optional instants (`None` is never).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
-
-/// A claim under way.
-type ClaimFuture = LocalBoxFuture<'static, Result<Vec<TaskRecord>, StoreError>>;
-
-/// How a write of outcomes ended: the tasks recorded, or the outcomes it could not write and
-/// why.
-type FlushResult = Result<Vec<TaskId>, (StoreError, Vec<Finished>)>;
 
 impl Loop {
     async fn run(mut self) {
@@ -298,100 +333,128 @@ impl Loop {
         self.control.done.notify_one();
     }
 
+    /// The claim loop. One store call at a time (outcomes first, then a recovery when one is
+    /// owed, then claims), so that a write that has to be sent again can never meet an attempt
+    /// claimed after it:
+    ///
+    /// - a write of outcomes whose answer was lost (a transient error, a timeout) is sent
+    ///   again, and no claim is sent until it is written (writes skip tasks already written);
+    /// - a claim whose answer was lost may have claimed tasks that nothing runs: no claim is
+    ///   sent until the running attempts are finished and recorded and a recovery at this
+    ///   epoch has put such tasks back (their attempt counts, as for a worker that died);
+    /// - a fenced claim (the partition is being revoked) is tried again after `store_retry`;
+    ///   a fenced write ends the loop (the partition has a new owner, who recovers the tasks
+    ///   still running here).
     async fn serve(&mut self) {
-        self.ledger.epoch = Some((self.fence.epoch, Arc::clone(&self.slot)));
-        let limit = self.policy.in_flight.max(1);
-        let claim_at_room = limit.div_ceil(2).max(1);
+        let limit = self.policy.in_flight.clamp(1, MAX_IN_FLIGHT);
+        let claim_at_room = limit.div_ceil(2);
         let mut running: FuturesUnordered<LocalBoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut finished: Vec<Finished> = Vec::new();
-        let mut claim: Option<(u32, ClaimFuture)> = None;
-        let mut flush: Option<LocalBoxFuture<'static, FlushResult>> = None;
-        // Tasks may be waiting already: look at once.
-        let mut due = Due::At(Instant::now());
-        let mut flush_after = Instant::now();
-        let mut claims_refused = false;
+        let mut call: Option<Pending> = None;
+        // Tasks may be waiting already: look at once. `None`: nothing known, wait for a hint.
+        let mut due = Some(Instant::now());
+        let (mut flush_after, mut claim_after) = (Instant::now(), Instant::now());
+        let (mut rewrite, mut resync) = (false, false);
         loop {
-            if let Some(at) = self.slot.take_hint() {
-                due = due.min(Due::At(at));
-            }
             let now = Instant::now();
             let draining = self.control.draining.get();
-            let in_flight = u32::try_from(running.len()).unwrap_or(u32::MAX);
-            let room = limit.saturating_sub(in_flight);
-            if claim.is_none()
-                && !draining
-                && !claims_refused
-                && room >= claim_at_room
-                && matches!(due, Due::At(at) if at <= now)
+            // A hint waits in the slot while a claim is due or under way, so that the claim's
+            // answer cannot swallow a later due time.
+            if !call.as_ref().is_some_and(|c| c.claim)
+                && due.is_none_or(|at| at > now)
+                && let Some(at) = self.slot.take_hint()
             {
-                let store = Arc::clone(&self.store);
-                let fence = self.fence;
-                claim = Some((room, async move { store.claim_tasks(&fence, room).await }.boxed_local()));
+                due = earliest(due, Some(at));
             }
-            if flush.is_none() && !finished.is_empty() && flush_after <= now {
-                flush = Some(self.flush(std::mem::take(&mut finished)));
+            let room = limit.saturating_sub(u32::try_from(running.len()).unwrap_or(u32::MAX));
+            let may_recover = resync && !draining && running.is_empty() && finished.is_empty();
+            let may_claim = !draining && !resync && !rewrite && room >= claim_at_room;
+            let claim_at = due.filter(|_| may_claim).map(|at| at.max(claim_after));
+            if call.is_none() {
+                if !finished.is_empty() && flush_after <= now {
+                    let rest = finished.split_off(finished.len().min(MAX_TASK_BATCH));
+                    let batch = std::mem::replace(&mut finished, rest);
+                    call = Some(Pending { claim: false, answer: self.flush(batch) });
+                } else if may_recover && claim_after <= now {
+                    let recovered = self.calls.recover(self.fence);
+                    call = Some(Pending {
+                        claim: false,
+                        answer: recovered.map(Answer::Recovered).boxed_local(),
+                    });
+                } else if claim_at.is_some_and(|at| at <= now) {
+                    let claimed = self.calls.claim(self.fence, room);
+                    let answer =
+                        claimed.map(move |result| Answer::Claimed { asked: room, result }).boxed_local();
+                    call = Some(Pending { claim: true, answer });
+                }
             }
-            if draining && running.is_empty() && finished.is_empty() && flush.is_none() && claim.is_none() {
+            if draining && running.is_empty() && finished.is_empty() && call.is_none() {
                 return;
             }
-            let wake_at = match due {
-                Due::At(at) if at > now && !draining => Some(at),
-                _ => None,
-            };
-            let wake_at = match (wake_at, finished.is_empty() || flush.is_some()) {
-                (Some(at), true) => Some(at),
-                (Some(at), false) => Some(at.min(flush_after)),
-                (None, false) => Some(flush_after),
-                (None, true) => None,
+            // The timers that could start a call, while none is under way.
+            let wake_at = if call.is_some() {
+                None
+            } else {
+                let flush = (!finished.is_empty()).then_some(flush_after);
+                let recover = may_recover.then_some(claim_after);
+                earliest(earliest(flush, recover), claim_at)
             };
             tokio::select! {
                 Some(done) = running.next(), if !running.is_empty() => finished.push(done),
-                result = async { claim.as_mut().map(|(_, f)| f).expect("guarded").await }, if claim.is_some() => {
-                    let asked = claim.take().map_or(0, |(asked, _)| asked);
-                    match result {
-                        Ok(tasks) => {
-                            let got = tasks.len();
+                answer = async { call.as_mut().expect("guarded").answer.as_mut().await }, if call.is_some() => {
+                    call = None;
+                    let now = Instant::now();
+                    match answer {
+                        Answer::Claimed { asked, result: Ok(tasks) } => {
+                            let got = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
                             for task in tasks {
-                                self.ledger.open.insert(task.id, task.attempts);
                                 running.push(self.attempt(task));
                             }
                             // A full batch may leave more due: look again when there is room.
-                            due = if u32::try_from(got).unwrap_or(u32::MAX) >= asked {
-                                Due::At(Instant::now())
-                            } else {
-                                Due::Unknown
-                            };
+                            due = (got >= asked).then_some(now);
                         }
-                        Err(error) if error.is_fenced() => {
-                            // Revoking (no new work) or lost: finish what runs.
-                            debug!(fence = %self.fence, %error, "claims refused");
-                            claims_refused = true;
+                        Answer::Claimed { result: Err(error), .. } if error.is_fenced() => {
+                            // Revoking (no new work) or lost (the guard ends this loop soon).
+                            debug!(fence = %self.fence, %error, "claims refused, trying again later");
+                            claim_after = now + self.policy.store_retry;
                         }
-                        Err(error) => {
-                            warn!(fence = %self.fence, %error, "claiming tasks failed, trying again");
-                            due = Due::At(Instant::now() + self.policy.store_retry);
+                        Answer::Claimed { result: Err(error), .. } => {
+                            warn!(fence = %self.fence, %error, "claiming tasks failed; recovering before claiming again");
+                            resync = true;
+                            claim_after = now + self.policy.store_retry;
                         }
-                    }
-                }
-                result = async { flush.as_mut().expect("guarded").await }, if flush.is_some() => {
-                    flush = None;
-                    match result {
-                        Ok(recorded) => {
-                            for id in recorded {
-                                self.ledger.open.remove(&id);
+                        Answer::Flushed { result: Ok(soonest), .. } => {
+                            rewrite = false;
+                            if let Some(delay) = soonest {
+                                self.slot.hint(now + delay);
                             }
                         }
-                        Err((error, _)) if error.is_fenced() => {
-                            // The partition moved on: the next owner recovers what runs here.
+                        Answer::Flushed { result: Err(error), .. } if error.is_fenced() => {
                             info!(fence = %self.fence, %error, "task outcomes fenced, the partition has a new owner");
-                            self.ledger.open.clear();
                             return;
                         }
-                        Err((error, unwritten)) => {
-                            warn!(fence = %self.fence, %error, tasks = unwritten.len(), "recording task outcomes failed, trying again");
-                            finished.extend(unwritten);
-                            flush_after = Instant::now() + self.policy.store_retry;
+                        Answer::Flushed { batch, result: Err(error) } if error.is_retryable() || matches!(error, StoreError::Database(_)) => {
+                            warn!(fence = %self.fence, %error, tasks = batch.len(), "recording task outcomes failed, writing them again");
+                            finished.extend(batch);
+                            rewrite = true;
+                            flush_after = now + self.policy.store_retry;
                         }
+                        Answer::Flushed { batch, result: Err(error) } => {
+                            // Refused as such: a recovery puts the tasks back.
+                            error!(fence = %self.fence, %error, tasks = batch.len(), "task outcomes refused; recovering the tasks");
+                            resync = true;
+                        }
+                        Answer::Recovered(result) => match result {
+                            Ok(recovery) => {
+                                log_recovery(&self.fence, &recovery);
+                                resync = false;
+                                due = Some(now);
+                            }
+                            Err(error) => {
+                                warn!(fence = %self.fence, %error, "recovering tasks failed, trying again");
+                                claim_after = now + self.policy.store_retry;
+                            }
+                        },
                     }
                 }
                 () = async { tokio::time::sleep_until(wake_at.expect("guarded")).await }, if wake_at.is_some() => {}
@@ -422,58 +485,45 @@ impl Loop {
         .boxed_local()
     }
 
-    /// Records a batch of outcomes: at most one statement group per kind (completions,
-    /// failures, snoozes), each epoch-fenced. Keeps the failed tasks' next due times as hints.
-    fn flush(&self, batch: Vec<Finished>) -> LocalBoxFuture<'static, FlushResult> {
-        let (store, fence, policy, slot) =
-            (Arc::clone(&self.store), self.fence, self.policy.clone(), Arc::clone(&self.slot));
-        async move {
-            let mut done = Vec::new();
-            let mut failures = Vec::new();
-            let mut snoozes = Vec::new();
-            let mut soonest: Option<Duration> = None;
-            for f in &batch {
-                match &f.outcome {
-                    TaskOutcome::Done => done.push(f.id),
-                    TaskOutcome::Retry { error, delay } => {
-                        let delay = delay.unwrap_or_else(|| policy.backoff_for(f.attempt));
-                        soonest = Some(soonest.map_or(delay, |s| s.min(delay)));
-                        failures.push(TaskFailure::retry(f.id, error.clone(), delay));
-                    }
-                    TaskOutcome::Fail(error) => failures.push(TaskFailure::dead(f.id, error.clone())),
-                    TaskOutcome::Snooze(delay) => {
-                        soonest = Some(soonest.map_or(*delay, |s| s.min(*delay)));
-                        snoozes.push(TaskRetry { id: f.id, delay: *delay });
-                    }
+    /// Records a batch of outcomes (at most [`MAX_TASK_BATCH`]) in one store call: at most one
+    /// write per kind (completions, failures, snoozes), each epoch-fenced. Delays are cut to
+    /// [`MAX_SCHEDULE_AHEAD`].
+    fn flush(&self, batch: Vec<Finished>) -> LocalBoxFuture<'static, Answer> {
+        let mut done = Vec::new();
+        let mut failures = Vec::new();
+        let mut snoozes = Vec::new();
+        let mut soonest: Option<Duration> = None;
+        for f in &batch {
+            match &f.outcome {
+                TaskOutcome::Done => done.push(f.id),
+                TaskOutcome::Retry { error, delay } => {
+                    let delay =
+                        delay.unwrap_or_else(|| self.policy.backoff_for(f.attempt)).min(MAX_SCHEDULE_AHEAD);
+                    soonest = Some(soonest.map_or(delay, |s| s.min(delay)));
+                    failures.push(TaskFailure::retry(f.id, error.clone(), delay));
                 }
-            }
-            let written = async {
-                if !done.is_empty() {
-                    store.complete_tasks(&fence, &done).await?;
-                    done.clear();
+                TaskOutcome::Fail(error) => failures.push(TaskFailure::dead(f.id, error.clone())),
+                TaskOutcome::Snooze(delay) => {
+                    let delay = (*delay).min(MAX_SCHEDULE_AHEAD);
+                    soonest = Some(soonest.map_or(delay, |s| s.min(delay)));
+                    snoozes.push(TaskRetry { id: f.id, delay });
                 }
-                if !failures.is_empty() {
-                    store.fail_tasks(&fence, &failures).await?;
-                    failures.clear();
-                }
-                if !snoozes.is_empty() {
-                    store.retry_tasks_later(&fence, &snoozes).await?;
-                }
-                Ok::<(), StoreError>(())
-            }
-            .await;
-            match written {
-                Ok(()) => {
-                    if let Some(delay) = soonest {
-                        slot.hint(Instant::now() + delay);
-                    }
-                    Ok(batch.iter().map(|f| f.id).collect())
-                }
-                // Writes are idempotent per task (a task written once is skipped the next
-                // time), so the whole batch is kept for the next try.
-                Err(error) => Err((error, batch)),
             }
         }
-        .boxed_local()
+        let (store, fence) = (Arc::clone(&self.calls.store), self.fence);
+        let written = self.calls.call("recording task outcomes", async move {
+            // Each write skips the tasks an earlier try of this batch already wrote.
+            if !done.is_empty() {
+                store.complete_tasks(&fence, &done).await?;
+            }
+            if !failures.is_empty() {
+                store.fail_tasks(&fence, &failures).await?;
+            }
+            if !snoozes.is_empty() {
+                store.retry_tasks_later(&fence, &snoozes).await?;
+            }
+            Ok(soonest)
+        });
+        written.map(move |result| Answer::Flushed { batch, result }).boxed_local()
     }
 }
