@@ -132,8 +132,8 @@ pub enum CallFault {
     Refuse(StoreError),
     /// The call never reaches the store and never answers, as a request lost on the wire.
     Hang,
-    /// The call waits this long (on tokio's clock) on its way, then reaches the store, as a
-    /// request held up by the network.
+    /// The call waits this long (on tokio's clock) on its way, then reaches the store (unless
+    /// its caller dropped it meanwhile), as a request held up by the network.
     Delay(Duration),
 }
 

@@ -33,7 +33,8 @@ struct Run {
 /// (a permanent failure), `panic`, `hang` (never answers), `wait` (until `release`),
 /// `snooze` (once, then ok), `again` (a failed first attempt to retry at once, then 10 s of
 /// work), `gated-again` (as `again`, the first attempt ending at `gate`), `snooze-forever`
-/// and `retry-forever` (delays past every limit).
+/// and `retry-forever` (delays past every limit), `retry-in-N` (a first attempt to retry in N
+/// seconds).
 #[derive(Clone, Default)]
 struct Recorder {
     runs: Arc<Mutex<Vec<Run>>>,
@@ -89,6 +90,10 @@ impl Recorder {
             "gated-again" => {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 TaskOutcome::Done
+            }
+            retry if retry.starts_with("retry-in-") && task.attempt() == 1 => {
+                let secs = retry.trim_start_matches("retry-in-").parse().expect("seconds");
+                TaskOutcome::Retry { error: "later".to_owned(), delay: Some(Duration::from_secs(secs)) }
             }
             "snooze-forever" => TaskOutcome::Snooze(Duration::MAX),
             "retry-forever" => {
@@ -398,7 +403,7 @@ async fn a_worker_killed_during_a_last_attempt_leaves_a_dead_task_and_the_rest_r
     wait_state(&cluster, &client, last, TaskState::Dead).await;
     wait_all_finished(&cluster, &client, &behind).await;
     let dead = client.task(last).await.expect("task");
-    assert!(dead.last_error.as_deref().is_some_and(|e| e.contains("lost with its owner")), "{dead:?}");
+    assert!(dead.last_error.as_deref().is_some_and(|e| e.contains("was lost (its owner died")), "{dead:?}");
     assert_eq!(recorder.runs_of(last).len(), 1, "a dead task does not run again");
     for id in behind {
         assert_eq!(state(&client, id).await, TaskState::Done);
@@ -520,22 +525,47 @@ async fn a_refused_claim_is_tried_again() {
     assert_eq!(client.task(id).await.expect("task").attempts, 1);
 }
 
-/// A claim that never answers is bounded by `store_timeout`; the partition recovers and runs
-/// its tasks.
+/// A write of outcomes that outlives `store_timeout` counts as failed without an answer, but
+/// the store operation goes on, and the partition's next call (the write sent again) waits
+/// until it has ended: the late write cannot land after the task was claimed again.
 #[actix::test]
-async fn a_hung_claim_is_bounded_and_the_partition_goes_on() {
+async fn a_write_that_outlives_its_bound_still_ends_before_the_next_call() {
     let (mut cluster, queue, client) = cluster(1).await;
     let recorder = Recorder::default();
     let policy = TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() };
     let queues = recorder.queues(&queue, policy);
     cluster.add_coordinator();
     let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
-    worker.link().inject("claim_tasks", CallFault::Hang, 1);
-    let sent = Instant::now();
-    let id = enqueue(&client, TaskSpec::new("ok")).await;
+    worker.link().inject("fail_tasks", CallFault::Delay(Duration::from_secs(15)), 1);
+    let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
     wait_state(&cluster, &client, id, TaskState::Done).await;
-    assert!(sent.elapsed() >= Duration::from_secs(5), "ran only after the hung claim's bound");
-    assert_eq!(client.task(id).await.expect("task").attempts, 1, "the hung claim claimed nothing");
+    let runs = recorder.runs_of(id);
+    assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2], "{runs:?}");
+    assert!(
+        runs[1].at - runs[0].at >= Duration::from_secs(15),
+        "claimed again only after the late write: {runs:?}"
+    );
+    assert_eq!(client.task(id).await.expect("task").attempts, 2);
+}
+
+/// A claim that outlives `store_timeout` and then claims tasks: the runner recovers them once
+/// the claim has ended (their attempt counts) and runs them.
+#[actix::test]
+async fn a_claim_that_outlives_its_bound_is_recovered_after_it_ends() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let policy = TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() };
+    let queues = recorder.queues(&queue, policy);
+    cluster.add_coordinator();
+    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    worker.link().inject("claim_tasks", CallFault::Delay(Duration::from_secs(15)), 1);
+    let sent = Instant::now();
+    let id = enqueue(&client, TaskSpec::new("ok").max_attempts(3)).await;
+    wait_state(&cluster, &client, id, TaskState::Done).await;
+    let runs = recorder.runs_of(id);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].at - sent >= Duration::from_secs(15), "ran after the late claim ended: {runs:?}");
+    assert_eq!(runs[0].attempt, 2, "the late claim's attempt counts");
 }
 
 /// Outcomes past the store's limits (delays over ten years) and an in-flight limit over the
@@ -648,5 +678,28 @@ async fn a_dropped_runners_late_write_lands_before_the_next_runner_claims() {
         assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2], "{runs:?}");
         let task = client.task(id).await.expect("task");
         assert_eq!((task.state, task.attempts), (TaskState::Done, 2), "{task:?}");
+    }
+}
+
+/// Two tasks put back for later with different delays each run again at their own due time,
+/// not at the next poll (here a minute away): a nearer due time does not hide a later one.
+#[actix::test]
+async fn retries_run_at_their_own_due_times_without_waiting_for_a_poll() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default()).poll_interval(Duration::from_secs(60));
+    let soon = enqueue(&client, TaskSpec::new("retry-in-5")).await;
+    let later = enqueue(&client, TaskSpec::new("retry-in-10")).await;
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &queues);
+    wait_all_finished(&cluster, &client, &[soon, later]).await;
+    for (id, delay) in [(soon, 5), (later, 10)] {
+        let runs = recorder.runs_of(id);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        let waited = runs[1].at - runs[0].at;
+        assert!(
+            waited >= Duration::from_secs(delay) && waited < Duration::from_secs(delay + 1),
+            "task {id} ran again {waited:?} after its failure, not {delay} s: {runs:?}"
+        );
     }
 }

@@ -145,7 +145,7 @@ async fn a_lost_last_attempt_goes_dead_and_the_rest_run(store: Arc<dyn Store>) {
     );
     let dead = client.task(last).await.expect("task");
     assert_eq!(dead.state, TaskState::Dead);
-    assert!(dead.last_error.as_deref().is_some_and(|e| e.contains("lost with its owner")), "{dead:?}");
+    assert!(dead.last_error.as_deref().is_some_and(|e| e.contains("was lost (its owner died")), "{dead:?}");
     assert_eq!(runs.lock().expect("runs").iter().filter(|r| r.0 == last).count(), 1);
 }
 

@@ -144,3 +144,28 @@ async fn a_committed_dedup_holder_answers_the_waiting_enqueue() {
     assert_eq!(pending(&f).await.len(), 2);
     f.database.drop_database().await;
 }
+
+/// Enqueues (and claims, by the same path) are applied at most once, yet a connection that
+/// fails before their commit is rolled back by the server and the operation is tried again on
+/// a fresh one, as other operations are: a killed pooled connection is not an error to the
+/// caller, and the enqueue is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_on_killed_connections_is_tried_again_and_applied_once() {
+    let f = fixture().await;
+    let mut admin = f.database.admin().await;
+    let ids: Vec<u64> = admin
+        .exec(
+            "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+            (f.database.name(),),
+        )
+        .await
+        .expect("list connections");
+    assert!(!ids.is_empty(), "the store holds pooled connections");
+    for id in ids {
+        admin.query_drop(format!("KILL {id}")).await.expect("kill");
+    }
+    let enqueued = f.store.enqueue_task(f.queue, &NewTask::new(PartitionId(1), b"once".to_vec())).await;
+    assert!(enqueued.is_ok(), "{enqueued:?}");
+    assert_eq!(pending(&f).await.len(), 1, "applied once");
+    f.database.drop_database().await;
+}

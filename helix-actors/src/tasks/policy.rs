@@ -24,13 +24,14 @@ pub struct TaskPolicy {
     /// The longest backoff between attempts. Default 1 h.
     pub max_backoff: Duration,
     /// The wait before trying a claim or a write of outcomes again after the store failed
-    /// (the store actor already retried transient errors). Default 500 ms.
+    /// (the store actor already retried transient errors). Default 500 ms; at least 1 ms.
     pub store_retry: Duration,
-    /// The bound of each store call of a partition's runner (a claim, a write of outcomes, a
-    /// recovery): past it the call counts as failed without an answer (the claim is followed
-    /// by a recovery, the write is sent again). A partition's calls never overlap, and a new
-    /// runner of the partition waits for the calls of the one before, at most this long.
-    /// Default 10 s.
+    /// How long a partition's runner waits for the answer of a store call (a claim, a write
+    /// of outcomes, a recovery): past it the call counts as failed without an answer (a claim
+    /// is followed by a recovery, a write is sent again). The store operation itself is not
+    /// cut short: the partition's next call on this worker, and a new runner's recovery, wait
+    /// until it has ended, so the operations of one partition never overlap. Default 10 s;
+    /// at least 1 ms.
     pub store_timeout: Duration,
 }
 

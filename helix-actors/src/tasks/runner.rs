@@ -6,7 +6,7 @@
 //! which go through the worker's store actor like every other call.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -31,6 +31,9 @@ use super::handler::{TaskContext, TaskHandler, TaskOutcome};
 use super::policy::{MAX_IN_FLIGHT, TaskPolicy};
 use crate::worker::{HandlerError, PartitionContext, PartitionHandler, PartitionKey, panic_message};
 
+/// The most due instants a partition keeps (see [`Slot::due`]).
+const MAX_HINTS: usize = 64;
+
 /// The task queues of one worker and what its partitions share: due-time hints from the
 /// poller, the store clock's offset, and each partition's store-call lock.
 pub(crate) struct Registry {
@@ -43,13 +46,16 @@ pub(crate) struct Registry {
 
 /// What one partition of this worker shares with the poller and with its next incarnation.
 pub(crate) struct Slot {
-    /// The earliest due instant the poller saw (a hint: a claim decides).
-    due: Mutex<Option<Instant>>,
+    /// Due instants the poller and the runner's own retries saw, earliest first (hints: a
+    /// claim decides), at most [`MAX_HINTS`]; a claim sent at `t` takes those up to `t`.
+    due: Mutex<BTreeSet<Instant>>,
     wake: Notify,
-    /// Held by each store call of the partition's runners from before it is sent until it
-    /// answers or its bound passes: the calls of one partition never overlap, and a new
-    /// incarnation's recovery comes after every call an ended one left under way (a claim
-    /// that lands after the recovery would leave tasks `RUNNING` that nothing runs).
+    /// Held by each store call of the partition's runners from before it is sent until the
+    /// store operation has ended (even when its caller stopped waiting at `store_timeout`):
+    /// the operations of one partition on this worker never overlap, and a new incarnation's
+    /// recovery comes after every operation an ended one left under way (a claim that lands
+    /// after the recovery would leave tasks `RUNNING` that nothing runs; a write of outcomes,
+    /// fail a newer attempt).
     calls: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -65,7 +71,7 @@ impl Registry {
     fn slot(&self, key: PartitionKey) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(slots.entry(key).or_insert_with(|| {
-            Arc::new(Slot { due: Mutex::new(None), wake: Notify::new(), calls: Arc::default() })
+            Arc::new(Slot { due: Mutex::default(), wake: Notify::new(), calls: Arc::default() })
         }))
     }
 
@@ -101,15 +107,24 @@ impl Registry {
 impl Slot {
     fn hint(&self, at: Instant) {
         let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
-        if due.is_none_or(|d| at < d) {
-            *due = Some(at);
+        due.insert(at);
+        if due.len() > MAX_HINTS {
+            // The latest is found again by a later poll.
+            due.pop_last();
         }
         drop(due);
         self.wake.notify_one();
     }
 
-    fn take_hint(&self) -> Option<Instant> {
-        self.due.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// The earliest due instant known.
+    fn first_due(&self) -> Option<Instant> {
+        self.due.lock().unwrap_or_else(|e| e.into_inner()).first().copied()
+    }
+
+    /// Forgets the due instants up to `at`: a claim sent at `at` covers them.
+    fn covered(&self, at: Instant) {
+        let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
+        *due = due.split_off(&(at + Duration::from_nanos(1)));
     }
 }
 
@@ -182,6 +197,13 @@ impl TaskPartition {
         policy: TaskPolicy,
         registry: Arc<Registry>,
     ) -> Self {
+        let floor = Duration::from_millis(1);
+        let policy = TaskPolicy {
+            in_flight: policy.in_flight.clamp(1, MAX_IN_FLIGHT),
+            store_retry: policy.store_retry.max(floor),
+            store_timeout: policy.store_timeout.max(floor),
+            ..policy
+        };
         Self { store, handler, policy, registry, control: Rc::default() }
     }
 }
@@ -237,9 +259,10 @@ fn log_recovery(fence: &OwnerFence, recovery: &TaskRecovery) {
 }
 
 /// The store calls of one partition's runner. Each runs detached from its caller, under the
-/// partition's call lock ([`Slot::calls`]) and bounded by the policy's `store_timeout`, so
-/// that a runner dropped mid-call (the ownership ended) still holds the lock until its call
-/// has answered.
+/// partition's call lock ([`Slot::calls`]), until the store operation has ended: a runner
+/// dropped mid-call (the ownership ended) still holds the lock until then. The caller waits
+/// at most the policy's `store_timeout` for the answer; past it the call counts as failed
+/// without an answer, and the lock is still held until the operation ends.
 struct Calls {
     store: Arc<dyn Store>,
     slot: Arc<Slot>,
@@ -256,11 +279,18 @@ impl Calls {
         let (answer, answered) = oneshot::channel();
         actix::spawn(async move {
             let _held = lock.lock_owned().await;
-            let result = tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!("{what} did not answer within {} ms", bound.as_millis())))
-            });
-            // The runner may be gone: its successor recovers what this call left.
-            let _ = answer.send(result);
+            let mut call = std::pin::pin!(call);
+            match tokio::time::timeout(bound, call.as_mut()).await {
+                // The runner may be gone: its successor recovers what this call left.
+                Ok(result) => drop(answer.send(result)),
+                Err(_) => {
+                    let late = format!("{what} did not answer within {} ms", bound.as_millis());
+                    drop(answer.send(Err(StoreError::Unavailable(late))));
+                    // The operation may still be applied (the store finishes what it was
+                    // sent): the partition's next call waits for its end.
+                    drop(call.await);
+                }
+            }
         });
         async move {
             answered
@@ -294,18 +324,12 @@ enum Answer {
         asked: u32,
         result: StoreResult<Vec<TaskRecord>>,
     },
-    /// A write of outcomes: on success, the shortest delay of a task put back for later.
+    /// A write of outcomes: on success, the delays of the tasks put back for later.
     Flushed {
         batch: Vec<Finished>,
-        result: StoreResult<Option<Duration>>,
+        result: StoreResult<BTreeSet<Duration>>,
     },
     Recovered(StoreResult<TaskRecovery>),
-}
-
-/// The loop's store call under way, and whether it is a claim.
-struct Pending {
-    claim: bool,
-    answer: LocalBoxFuture<'static, Answer>,
 }
 
 struct Loop {
@@ -350,42 +374,36 @@ impl Loop {
         let claim_at_room = limit.div_ceil(2);
         let mut running: FuturesUnordered<LocalBoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut finished: Vec<Finished> = Vec::new();
-        let mut call: Option<Pending> = None;
-        // Tasks may be waiting already: look at once. `None`: nothing known, wait for a hint.
-        let mut due = Some(Instant::now());
+        let mut call: Option<LocalBoxFuture<'static, Answer>> = None;
+        // Tasks may be waiting already: look at once. Later, `more` says a claim came back
+        // full (or a recovery put tasks back), so more may be due now; otherwise the slot's
+        // hints say when.
+        let mut more = true;
         let (mut flush_after, mut claim_after) = (Instant::now(), Instant::now());
         let (mut rewrite, mut resync) = (false, false);
         loop {
             let now = Instant::now();
             let draining = self.control.draining.get();
-            // A hint waits in the slot while a claim is due or under way, so that the claim's
-            // answer cannot swallow a later due time.
-            if !call.as_ref().is_some_and(|c| c.claim)
-                && due.is_none_or(|at| at > now)
-                && let Some(at) = self.slot.take_hint()
-            {
-                due = earliest(due, Some(at));
-            }
             let room = limit.saturating_sub(u32::try_from(running.len()).unwrap_or(u32::MAX));
             let may_recover = resync && !draining && running.is_empty() && finished.is_empty();
             let may_claim = !draining && !resync && !rewrite && room >= claim_at_room;
+            let due = if more { Some(now) } else { self.slot.first_due() };
             let claim_at = due.filter(|_| may_claim).map(|at| at.max(claim_after));
             if call.is_none() {
                 if !finished.is_empty() && flush_after <= now {
                     let rest = finished.split_off(finished.len().min(MAX_TASK_BATCH));
                     let batch = std::mem::replace(&mut finished, rest);
-                    call = Some(Pending { claim: false, answer: self.flush(batch) });
+                    call = Some(self.flush(batch));
                 } else if may_recover && claim_after <= now {
                     let recovered = self.calls.recover(self.fence);
-                    call = Some(Pending {
-                        claim: false,
-                        answer: recovered.map(Answer::Recovered).boxed_local(),
-                    });
+                    call = Some(recovered.map(Answer::Recovered).boxed_local());
                 } else if claim_at.is_some_and(|at| at <= now) {
+                    self.slot.covered(now);
+                    more = false;
                     let claimed = self.calls.claim(self.fence, room);
                     let answer =
                         claimed.map(move |result| Answer::Claimed { asked: room, result }).boxed_local();
-                    call = Some(Pending { claim: true, answer });
+                    call = Some(answer);
                 }
             }
             if draining && running.is_empty() && finished.is_empty() && call.is_none() {
@@ -401,7 +419,7 @@ impl Loop {
             };
             tokio::select! {
                 Some(done) = running.next(), if !running.is_empty() => finished.push(done),
-                answer = async { call.as_mut().expect("guarded").answer.as_mut().await }, if call.is_some() => {
+                answer = async { call.as_mut().expect("guarded").await }, if call.is_some() => {
                     call = None;
                     let now = Instant::now();
                     match answer {
@@ -411,21 +429,23 @@ impl Loop {
                                 running.push(self.attempt(task));
                             }
                             // A full batch may leave more due: look again when there is room.
-                            due = (got >= asked).then_some(now);
+                            more = got >= asked;
                         }
                         Answer::Claimed { result: Err(error), .. } if error.is_fenced() => {
                             // Revoking (no new work) or lost (the guard ends this loop soon).
                             debug!(fence = %self.fence, %error, "claims refused, trying again later");
                             claim_after = now + self.policy.store_retry;
+                            more = true;
                         }
                         Answer::Claimed { result: Err(error), .. } => {
                             warn!(fence = %self.fence, %error, "claiming tasks failed; recovering before claiming again");
                             resync = true;
+                            more = true;
                             claim_after = now + self.policy.store_retry;
                         }
-                        Answer::Flushed { result: Ok(soonest), .. } => {
+                        Answer::Flushed { result: Ok(delays), .. } => {
                             rewrite = false;
-                            if let Some(delay) = soonest {
+                            for delay in delays {
                                 self.slot.hint(now + delay);
                             }
                         }
@@ -448,7 +468,7 @@ impl Loop {
                             Ok(recovery) => {
                                 log_recovery(&self.fence, &recovery);
                                 resync = false;
-                                due = Some(now);
+                                more = true;
                             }
                             Err(error) => {
                                 warn!(fence = %self.fence, %error, "recovering tasks failed, trying again");
@@ -492,20 +512,21 @@ impl Loop {
         let mut done = Vec::new();
         let mut failures = Vec::new();
         let mut snoozes = Vec::new();
-        let mut soonest: Option<Duration> = None;
+        // The delays of the tasks put back for later, each a due-time hint once written.
+        let mut delays: BTreeSet<Duration> = BTreeSet::new();
         for f in &batch {
             match &f.outcome {
                 TaskOutcome::Done => done.push(f.id),
                 TaskOutcome::Retry { error, delay } => {
                     let delay =
                         delay.unwrap_or_else(|| self.policy.backoff_for(f.attempt)).min(MAX_SCHEDULE_AHEAD);
-                    soonest = Some(soonest.map_or(delay, |s| s.min(delay)));
+                    delays.insert(delay);
                     failures.push(TaskFailure::retry(f.id, error.clone(), delay));
                 }
                 TaskOutcome::Fail(error) => failures.push(TaskFailure::dead(f.id, error.clone())),
                 TaskOutcome::Snooze(delay) => {
                     let delay = (*delay).min(MAX_SCHEDULE_AHEAD);
-                    soonest = Some(soonest.map_or(delay, |s| s.min(delay)));
+                    delays.insert(delay);
                     snoozes.push(TaskRetry { id: f.id, delay });
                 }
             }
@@ -522,7 +543,7 @@ impl Loop {
             if !snoozes.is_empty() {
                 store.retry_tasks_later(&fence, &snoozes).await?;
             }
-            Ok(soonest)
+            Ok(delays)
         });
         written.map(move |result| Answer::Flushed { batch, result }).boxed_local()
     }

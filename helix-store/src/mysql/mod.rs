@@ -267,6 +267,46 @@ macro_rules! run {
     }};
 }
 
+/// As `run!` with `tx!`, for an operation that must not be applied twice (a claim, an
+/// enqueue): a failure before the commit was sent is rolled back by the server and tried
+/// again like any other, but a transient failure of the commit itself (a lost connection)
+/// leaves it unknown whether the transaction was applied, so it is not tried again and
+/// answers [`StoreError::Unavailable`] saying so. The caller decides: the task runner
+/// recovers its partition's tasks, an application enqueues again with a dedup key.
+macro_rules! run_once {
+    ($store:expr, $op:literal, |$conn:ident| $body:expr) => {{
+        let store: &MysqlStore = $store;
+        let mut retry = Retry::new($op);
+        loop {
+            let committing = std::sync::atomic::AtomicBool::new(false);
+            let result = match store.checkout().await {
+                Ok(mut pooled) => {
+                    let $conn: &mut AsyncMysqlConnection = &mut pooled;
+                    let outcome: Result<_, Failure> = $conn
+                        .transaction(async |$conn: &mut AsyncMysqlConnection| -> Result<_, Failure> {
+                            let out = $body.await;
+                            committing.store(out.is_ok(), std::sync::atomic::Ordering::Relaxed);
+                            out
+                        })
+                        .await;
+                    store.settle($conn, outcome)
+                }
+                Err(err) => Err(err),
+            };
+            match result {
+                Err(StoreError::Transient(err)) if committing.load(std::sync::atomic::Ordering::Relaxed) => {
+                    break Err(StoreError::Unavailable(format!(
+                        "{}: the commit failed ({err}); the operation may or may not have been applied",
+                        $op
+                    )));
+                }
+                Err(err) if retry.again(&err).await => continue,
+                result => break result,
+            }
+        }
+    }};
+}
+
 /// Runs `$body` (an expression using `$conn`) inside a transaction of `$conn`.
 macro_rules! tx {
     ($conn:ident, $body:expr) => {
@@ -653,11 +693,11 @@ impl Store for MysqlStore {
         out.pop().ok_or_else(|| StoreError::Database("an enqueue of one task answered nothing".to_owned()))
     }
     async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
-        run!(self, "enqueue_tasks", |conn| tx!(conn, tasks::enqueue(conn, queue, tasks)))
+        run_once!(self, "enqueue_tasks", |conn| tasks::enqueue(conn, queue, tasks))
     }
     async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
         rules::tasks::validate_batch(limit as usize, "a claim")?;
-        run!(self, "claim_tasks", |conn| tx!(conn, tasks::claim(conn, fence, limit)))
+        run_once!(self, "claim_tasks", |conn| tasks::claim(conn, fence, limit))
     }
     async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
         rules::tasks::validate_batch(ids.len(), "a task write")?;

@@ -267,8 +267,8 @@ pub fn after_extend(head: &TaskHead, now: DateTime<Utc>, by: Duration) -> TaskWr
 /// unchanged (it keeps its place in the claim order).
 pub fn after_recovery(head: &TaskHead, fence: &OwnerFence) -> TaskWrite {
     let lost = format!(
-        "attempt {} of {} was lost with its owner: the task was still running under epoch {} when {fence} \
-         recovered the partition",
+        "attempt {} of {} was lost (its owner died, stopped or lost the claim's answer): the task was still \
+         running under epoch {} when {fence} recovered the partition",
         head.attempts,
         head.max_attempts,
         head.claimed_epoch.map_or_else(|| "none".to_owned(), |e| e.to_string()),
