@@ -408,6 +408,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Lets at most `operations` task operations of this worker use the store at once
+    /// instead of [`DEFAULT_STORE_CONCURRENCY`](crate::tasks::DEFAULT_STORE_CONCURRENCY); see
+    /// [`TaskQueues::store_concurrency`].
+    pub fn task_store_concurrency(mut self, operations: usize) -> Self {
+        self.tasks = self.tasks.store_concurrency(operations);
+        self
+    }
+
     /// Creates each partition's handler with `factory`.
     pub fn handler(mut self, factory: HandlerFactory) -> Self {
         self.factory = Some(factory);

@@ -117,6 +117,23 @@ pub struct CutOffStore {
     first_hung: Arc<Mutex<Option<tokio::time::Instant>>>,
     /// The faults waiting for the next calls of each method, in order.
     faults: Arc<Mutex<BTreeMap<&'static str, VecDeque<CallFault>>>>,
+    /// Per task method: the calls under way, and the most ever under way at once.
+    in_flight: Arc<Mutex<BTreeMap<&'static str, (usize, usize)>>>,
+}
+
+/// One task call under way through a [`CutOffStore`], counted until dropped.
+struct CallUnderWay {
+    in_flight: Arc<Mutex<BTreeMap<&'static str, (usize, usize)>>>,
+    method: &'static str,
+}
+
+impl Drop for CallUnderWay {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((now, _)) = in_flight.get_mut(self.method) {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 /// A fault for one call of a [`Store`] method, put there by [`CutOffStore::inject`].
@@ -157,7 +174,22 @@ impl CutOffStore {
             hung: Arc::default(),
             first_hung: Arc::default(),
             faults: Arc::default(),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// The most calls of the task method named `method` (`"claim_tasks"`, say) that were ever
+    /// under way through this link at once, from their start until they answered.
+    pub fn peak_calls(&self, method: &'static str) -> usize {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).get(method).map_or(0, |(_, peak)| *peak)
+    }
+
+    fn enter(&self, method: &'static str) -> CallUnderWay {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let (now, peak) = in_flight.entry(method).or_default();
+        *now += 1;
+        *peak = (*peak).max(*now);
+        CallUnderWay { in_flight: Arc::clone(&self.in_flight), method }
     }
 
     /// The next `calls` calls of the [`Store`] method named `method` (`"claim_tasks"`, say)
@@ -439,21 +471,25 @@ impl Store for CutOffStore {
         self.link("prune_events", None).await?.prune_events(older_than).await
     }
     async fn enqueue_task(&self, queue: QueueId, task: &NewTask) -> StoreResult<Enqueued> {
+        let _call = self.enter("enqueue_task");
         let lose = self.next_fault("enqueue_task", true).is_some();
         let result = self.link("enqueue_task", None).await?.enqueue_task(queue, task).await;
         Self::answer("enqueue_task", lose, result)
     }
     async fn enqueue_tasks(&self, queue: QueueId, tasks: &[NewTask]) -> StoreResult<Vec<Enqueued>> {
+        let _call = self.enter("enqueue_tasks");
         let lose = self.next_fault("enqueue_tasks", true).is_some();
         let result = self.link("enqueue_tasks", None).await?.enqueue_tasks(queue, tasks).await;
         Self::answer("enqueue_tasks", lose, result)
     }
     async fn claim_tasks(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
+        let _call = self.enter("claim_tasks");
         let lose = self.next_fault("claim_tasks", true).is_some();
         let result = self.link("claim_tasks", None).await?.claim_tasks(fence, limit).await;
         Self::answer("claim_tasks", lose, result)
     }
     async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
+        let _call = self.enter("complete_tasks");
         let lose = self.next_fault("complete_tasks", true).is_some();
         let result = self.link("complete_tasks", None).await?.complete_tasks(fence, ids).await;
         Self::answer("complete_tasks", lose, result)
@@ -463,6 +499,7 @@ impl Store for CutOffStore {
         fence: &OwnerFence,
         failures: &[TaskFailure],
     ) -> StoreResult<TaskBatchOutcome> {
+        let _call = self.enter("fail_tasks");
         let lose = self.next_fault("fail_tasks", true).is_some();
         let result = self.link("fail_tasks", None).await?.fail_tasks(fence, failures).await;
         Self::answer("fail_tasks", lose, result)
@@ -472,6 +509,7 @@ impl Store for CutOffStore {
         fence: &OwnerFence,
         retries: &[TaskRetry],
     ) -> StoreResult<TaskBatchOutcome> {
+        let _call = self.enter("retry_tasks_later");
         let lose = self.next_fault("retry_tasks_later", true).is_some();
         let result = self.link("retry_tasks_later", None).await?.retry_tasks_later(fence, retries).await;
         Self::answer("retry_tasks_later", lose, result)
@@ -482,6 +520,7 @@ impl Store for CutOffStore {
         ids: &[TaskId],
         by: Duration,
     ) -> StoreResult<TaskBatchOutcome> {
+        let _call = self.enter("extend_tasks");
         let lose = self.next_fault("extend_tasks", true).is_some();
         let result = self.link("extend_tasks", None).await?.extend_tasks(fence, ids, by).await;
         Self::answer("extend_tasks", lose, result)
@@ -490,6 +529,7 @@ impl Store for CutOffStore {
         self.link("cancel_task", None).await?.cancel_task(id).await
     }
     async fn recover_partition_tasks(&self, fence: &OwnerFence) -> StoreResult<TaskRecovery> {
+        let _call = self.enter("recover_partition_tasks");
         let lose = self.next_fault("recover_partition_tasks", true).is_some();
         let result = self.link("recover_partition_tasks", None).await?.recover_partition_tasks(fence).await;
         Self::answer("recover_partition_tasks", lose, result)

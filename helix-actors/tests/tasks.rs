@@ -703,3 +703,46 @@ async fn retries_run_at_their_own_due_times_without_waiting_for_a_poll() {
         );
     }
 }
+
+/// A store that keeps refusing the recovery a runner starts with (down, or out of pooled
+/// connections) delays the partition's tasks but never fails the partition: the recovery is
+/// tried again until it succeeds, and the tasks then run.
+#[actix::test]
+async fn a_failing_recovery_delays_the_partition_but_never_fails_it() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let id = enqueue(&client, TaskSpec::new("ok")).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let down = StoreError::Unavailable("no database connection within the connect timeout".to_owned());
+    worker.link().inject("recover_partition_tasks", CallFault::Refuse(down), 12);
+    wait_state(&cluster, &client, id, TaskState::Done).await;
+    let rows = cluster.store().assignments(queue.id).await.expect("rows").rows;
+    assert_eq!(rows[0].state, helix_store::AssignmentState::Assigned, "{rows:?}");
+    assert_eq!(rows[0].owner, Some(worker.id()));
+    assert_eq!(client.task(id).await.expect("task").attempts, 1);
+}
+
+/// The task operations of all a worker's partitions use the store at most
+/// `store_concurrency` at once, leaving the rest of its pool to the session's heartbeats.
+#[actix::test]
+async fn a_workers_task_operations_use_the_store_at_most_store_concurrency_at_once() {
+    let (mut cluster, queue, client) = cluster(8).await;
+    let mut ids = Vec::new();
+    for partition in 0..8 {
+        for _ in 0..4 {
+            ids.push(enqueue(&client, TaskSpec::new("ok").partition(partition)).await);
+        }
+    }
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default()).store_concurrency(2);
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    worker.link().inject("claim_tasks", CallFault::Delay(Duration::from_secs(1)), 16);
+    wait_all_finished(&cluster, &client, &ids).await;
+    for method in ["recover_partition_tasks", "claim_tasks", "complete_tasks"] {
+        let peak = worker.link().peak_calls(method);
+        assert!((1..=2).contains(&peak), "{method}: {peak} calls at once");
+    }
+}

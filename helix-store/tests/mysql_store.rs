@@ -508,3 +508,21 @@ async fn a_snapshot_of_assignments_does_not_wait_for_a_writer() {
     writer.query_drop("ROLLBACK").await.expect("rollback");
     db.drop_database().await;
 }
+
+/// A store dropped after the runtime that used it has stopped (an application's `main`
+/// returning, a test's system ending) closes quietly: its pooled connections need no runtime
+/// to be let go.
+#[test]
+fn a_store_dropped_after_its_runtime_stopped_does_not_panic() {
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (db, store) = runtime().block_on(async {
+        let db = ScratchMysql::create().await;
+        let store = connect(&db).await.expect("connect");
+        store.now().await.expect("a pooled connection in use");
+        (db, store)
+    });
+    // The runtime above is gone: dropping the store here must not need one.
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(store)));
+    runtime().block_on(db.drop_database());
+    assert!(dropped.is_ok(), "dropping the store after its runtime stopped panicked");
+}

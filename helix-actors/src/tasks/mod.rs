@@ -83,6 +83,10 @@ use crate::worker::{HandlerError, HandlerFactory, PartitionContext, PartitionHan
 /// The default interval of a worker's due-time poll: 1 s.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How many task operations of one worker use the store at once by default: half of the
+/// default pool of 4 connections, the rest kept for the session.
+pub const DEFAULT_STORE_CONCURRENCY: usize = 2;
+
 /// The task queues one worker runs: a [`TaskHandler`] and a [`TaskPolicy`] per queue, and
 /// the interval of the worker's due-time poll.
 ///
@@ -93,11 +97,16 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub struct TaskQueues {
     queues: BTreeMap<QueueId, (Arc<dyn TaskHandler>, TaskPolicy)>,
     poll_interval: Duration,
+    store_concurrency: usize,
 }
 
 impl Default for TaskQueues {
     fn default() -> Self {
-        Self { queues: BTreeMap::new(), poll_interval: DEFAULT_POLL_INTERVAL }
+        Self {
+            queues: BTreeMap::new(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            store_concurrency: DEFAULT_STORE_CONCURRENCY,
+        }
     }
 }
 
@@ -106,6 +115,7 @@ impl fmt::Debug for TaskQueues {
         f.debug_struct("TaskQueues")
             .field("queues", &self.queues.iter().map(|(q, (_, p))| (q, p)).collect::<Vec<_>>())
             .field("poll_interval", &self.poll_interval)
+            .field("store_concurrency", &self.store_concurrency)
             .finish()
     }
 }
@@ -131,6 +141,17 @@ impl TaskQueues {
         self
     }
 
+    /// Lets at most `operations` task operations (claims, writes of outcomes, recoveries) of
+    /// all this worker's partitions use the store at once, instead of
+    /// [`DEFAULT_STORE_CONCURRENCY`] (at least 1, at most 1,024). Keep it below the worker's
+    /// pool size (`ConnectOptions::pool_size`, default 4), so that a busy task queue never
+    /// keeps the worker's heartbeats waiting for a connection: a worker whose heartbeats
+    /// wait past its session timeout loses its partitions.
+    pub fn store_concurrency(mut self, operations: usize) -> Self {
+        self.store_concurrency = operations.clamp(1, 1_024);
+        self
+    }
+
     /// Whether `queue` has a task handler here.
     pub fn contains(&self, queue: QueueId) -> bool {
         self.queues.contains_key(&queue)
@@ -151,7 +172,7 @@ impl TaskQueues {
         store: Arc<dyn Store>,
         other: Option<HandlerFactory>,
     ) -> (HandlerFactory, impl Future<Output = ()> + Send + 'static) {
-        let registry = runner::Registry::new();
+        let registry = runner::Registry::new(self.store_concurrency);
         let poll = runner::poll(Arc::clone(&store), Arc::downgrade(&registry), self.poll_interval);
         let queues = self.queues.clone();
         let factory: HandlerFactory = Arc::new(move |ctx: &PartitionContext| match queues.get(&ctx.queue) {

@@ -42,6 +42,10 @@ pub(crate) struct Registry {
     origin: Instant,
     /// `store now − local now` in milliseconds, sampled by the poller (`None` until then).
     offset_ms: Mutex<Option<i64>>,
+    /// The task operations of all partitions that may use the store at once (see
+    /// `TaskQueues::store_concurrency`): the rest of the worker's pool stays free for its
+    /// session's heartbeats and polls.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// What one partition of this worker shares with the poller and with its next incarnation.
@@ -60,11 +64,14 @@ pub(crate) struct Slot {
 }
 
 impl Registry {
-    pub(crate) fn new() -> Arc<Self> {
+    /// A registry whose partitions run at most `store_concurrency` store operations at once
+    /// (at least 1).
+    pub(crate) fn new(store_concurrency: usize) -> Arc<Self> {
         Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
             origin: Instant::now(),
             offset_ms: Mutex::new(None),
+            permits: Arc::new(tokio::sync::Semaphore::new(store_concurrency.clamp(1, 1_024))),
         })
     }
 
@@ -210,10 +217,11 @@ impl TaskPartition {
 
 #[async_trait(?Send)]
 impl PartitionHandler for TaskPartition {
-    /// Recovers the tasks left running at this epoch or an older one (by an earlier owner, or
-    /// by an earlier incarnation here whose drain timed out), once every store call such an
-    /// incarnation left under way has answered; then starts the claim loop, bound to the
-    /// ownership.
+    /// Starts the claim loop, bound to the ownership. Its first store operation recovers the
+    /// tasks left running at this epoch or an older one (by an earlier owner, or by an earlier
+    /// run here), once every operation such a run left under way has ended; it is tried again
+    /// until it succeeds, so a store that is down or overloaded delays the partition's tasks
+    /// but never fails the partition.
     async fn assigned(&mut self, ctx: &PartitionContext) -> Result<(), HandlerError> {
         let fence =
             OwnerFence { queue: ctx.queue, partition: ctx.partition, worker: ctx.worker, epoch: ctx.epoch };
@@ -221,10 +229,9 @@ impl PartitionHandler for TaskPartition {
         let calls = Calls {
             store: Arc::clone(&self.store),
             slot: Arc::clone(&slot),
+            permits: Arc::clone(&self.registry.permits),
             bound: self.policy.store_timeout,
         };
-        let recovery = calls.recover(fence).await.map_err(HandlerError::from_error)?;
-        log_recovery(&fence, &recovery);
         let run = Loop {
             calls,
             handler: Arc::clone(&self.handler),
@@ -266,6 +273,7 @@ fn log_recovery(fence: &OwnerFence, recovery: &TaskRecovery) {
 struct Calls {
     store: Arc<dyn Store>,
     slot: Arc<Slot>,
+    permits: Arc<tokio::sync::Semaphore>,
     bound: Duration,
 }
 
@@ -275,10 +283,12 @@ impl Calls {
         T: 'static,
         F: Future<Output = StoreResult<T>> + 'static,
     {
-        let (lock, bound) = (Arc::clone(&self.slot.calls), self.bound);
+        let (lock, permits, bound) = (Arc::clone(&self.slot.calls), Arc::clone(&self.permits), self.bound);
         let (answer, answered) = oneshot::channel();
         actix::spawn(async move {
             let _held = lock.lock_owned().await;
+            // Never closed: the semaphore lives as long as the registry this call holds.
+            let _permit = permits.acquire_owned().await;
             let mut call = std::pin::pin!(call);
             match tokio::time::timeout(bound, call.as_mut()).await {
                 // The runner may be gone: its successor recovers what this call left.
@@ -380,7 +390,8 @@ impl Loop {
         // hints say when.
         let mut more = true;
         let (mut flush_after, mut claim_after) = (Instant::now(), Instant::now());
-        let (mut rewrite, mut resync) = (false, false);
+        // The first operation is the recovery of what earlier runs left (see `assigned`).
+        let (mut rewrite, mut resync) = (false, true);
         loop {
             let now = Instant::now();
             let draining = self.control.draining.get();

@@ -36,6 +36,7 @@ macro_rules! task_conformance_tests {
             tasks_a_lost_last_attempt_goes_dead_and_the_rest_still_run,
             tasks_bad_input_is_refused_and_changes_nothing,
             tasks_next_due_per_partition,
+            tasks_next_due_over_many_partitions,
             tasks_counts_by_partition_and_state,
             tasks_list_pages_by_id,
             tasks_prune_removes_old_finished_tasks,
@@ -599,6 +600,24 @@ pub async fn tasks_next_due_per_partition(b: &dyn Backend) {
     let only = store.next_due(s.queue.id, &[PartitionId(1), PartitionId(2)]).await.expect("next due");
     assert_eq!(only.keys().copied().collect::<Vec<_>>(), vec![PartitionId(1)]);
     assert!(store.next_due(s.queue.id, &[]).await.expect("none").is_empty());
+}
+
+/// The next due time over more partitions than one statement's chunk (SQLite compounds at
+/// most 500 terms) answers each partition that has a pending task, and only those.
+pub async fn tasks_next_due_over_many_partitions(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 1_200).await;
+    let now = store.now().await.expect("now");
+    for (p, h) in [(0, 1), (499, 2), (500, 3), (1_199, 4)] {
+        enqueue(&*store, &s, NewTask { run_at: RunAt::At(now + hours(h)), ..task(p, "t") }).await;
+    }
+    let partitions: Vec<PartitionId> = (0..1_200).map(PartitionId).collect();
+    let due = store.next_due(s.queue.id, &partitions).await.expect("next due");
+    assert_eq!(
+        due.keys().copied().collect::<Vec<_>>(),
+        vec![PartitionId(0), PartitionId(499), PartitionId(500), PartitionId(1_199)]
+    );
+    assert!(close(due[&PartitionId(1_199)], now + hours(4)), "{due:?}");
 }
 
 /// Counts per (partition, state) cover the hot table and the history.

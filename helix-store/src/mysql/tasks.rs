@@ -189,8 +189,8 @@ struct KeyRow {
 struct DueRow {
     #[diesel(sql_type = Integer)]
     partition_id: i32,
-    #[diesel(sql_type = Datetime)]
-    due: NaiveDateTime,
+    #[diesel(sql_type = Nullable<Datetime>)]
+    due: Option<NaiveDateTime>,
 }
 
 #[derive(QueryableByName)]
@@ -697,20 +697,27 @@ pub(super) async fn next_due(
     queue: QueueId,
     partitions: &[PartitionId],
 ) -> Res<BTreeMap<PartitionId, DateTime<Utc>>> {
+    // One scalar `MIN` per partition: each is a single dive into `ix_tasks_due` (equality on
+    // queue, partition and state), where a `GROUP BY` over an `IN` list reads every pending
+    // row of the partitions.
+    const MIN_DUE: &str =
+        "(SELECT MIN(run_at) FROM helix_tasks WHERE queue_id = ? AND partition_id = ? AND state = 'PENDING')";
     let mut due = BTreeMap::new();
-    for chunk in partitions.chunks(MAX_BINDS - 1) {
-        let sql = format!(
-            "SELECT partition_id, MIN(run_at) AS due FROM helix_tasks WHERE queue_id = ? AND state = 'PENDING' \
-             AND partition_id IN ({}) GROUP BY partition_id",
-            marks(chunk.len())
-        );
-        let mut q = diesel::sql_query(sql).into_boxed::<Mysql>().bind::<BigInt, _>(q_i64(queue)?);
+    for chunk in partitions.chunks(MAX_BINDS / 3) {
+        let sql =
+            derived(chunk.len(), &format!("? AS partition_id, {MIN_DUE} AS due"), &format!("?, {MIN_DUE}"));
+        let mut q = diesel::sql_query(sql).into_boxed::<Mysql>();
         for p in chunk {
-            q = q.bind::<Integer, _>(p_i32(*p)?);
+            q = q
+                .bind::<Integer, _>(p_i32(*p)?)
+                .bind::<BigInt, _>(q_i64(queue)?)
+                .bind::<Integer, _>(p_i32(*p)?);
         }
         let rows: Vec<DueRow> = q.load(conn).await?;
         for r in rows {
-            due.insert(PartitionId(stored_u32(r.partition_id, "partition")?), r.due.and_utc());
+            if let Some(at) = r.due {
+                due.insert(PartitionId(stored_u32(r.partition_id, "partition")?), at.and_utc());
+            }
         }
     }
     Ok(due)

@@ -158,8 +158,8 @@ struct IdRow {
 struct DueRow {
     #[diesel(sql_type = BigInt)]
     partition_id: i64,
-    #[diesel(sql_type = Timestamp)]
-    due: NaiveDateTime,
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    due: Option<NaiveDateTime>,
 }
 
 #[derive(QueryableByName)]
@@ -533,21 +533,34 @@ pub(super) fn next_due(
     queue: QueueId,
     partitions: &[PartitionId],
 ) -> Tx<BTreeMap<PartitionId, DateTime<Utc>>> {
+    // One scalar `MIN` per partition: each is a single seek into `ix_tasks_due` (SQLite's
+    // min/max optimization), where a `GROUP BY` reads every pending row of the partitions.
+    const MIN_DUE: &str =
+        "(SELECT MIN(run_at) FROM helix_tasks WHERE queue_id = ? AND partition_id = ? AND state = 'PENDING')";
+    let queue = to_i64(queue.0, "queue id")?;
     let mut due = BTreeMap::new();
-    for chunk in partitions.chunks(MAX_BINDS - 1) {
-        let sql = format!(
-            "SELECT partition_id, MIN(run_at) AS due FROM helix_tasks WHERE queue_id = ? AND state = 'PENDING' \
-             AND partition_id IN ({}) GROUP BY partition_id",
-            marks(chunk.len())
-        );
-        let mut q = sql_query(sql).into_boxed::<Sqlite>().bind::<BigInt, _>(to_i64(queue.0, "queue id")?);
+    // At most 500 terms in one compound SELECT, and 3 binds a term.
+    for chunk in partitions.chunks((MAX_BINDS / 3).min(MAX_COMPOUND_ROWS)) {
+        let mut sql = String::new();
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(" UNION ALL ");
+            }
+            sql.push_str(&format!("SELECT ? AS partition_id, {MIN_DUE} AS due"));
+        }
+        let mut q = sql_query(sql).into_boxed::<Sqlite>();
         for p in chunk {
-            q = q.bind::<BigInt, _>(i64::from(p.0));
+            q = q
+                .bind::<BigInt, _>(i64::from(p.0))
+                .bind::<BigInt, _>(queue)
+                .bind::<BigInt, _>(i64::from(p.0));
         }
         for r in q.load::<DueRow>(conn)? {
             let p = u32::try_from(r.partition_id)
                 .map_err(|_| StoreError::Database(format!("stored partition {}", r.partition_id)))?;
-            due.insert(PartitionId(p), r.due.and_utc());
+            if let Some(at) = r.due {
+                due.insert(PartitionId(p), at.and_utc());
+            }
         }
     }
     Ok(due)
