@@ -200,8 +200,9 @@ async fn bad_input(store: Arc<dyn Store>) {
 
 #[actix::test]
 async fn mysql_kill_midway_each_task_completes_once() {
-    let (store, _db) = mysql().await;
+    let (store, db) = mysql().await;
     kill_midway_each_task_completes_once(store).await;
+    db.drop_database().await;
 }
 
 #[actix::test]
@@ -212,8 +213,9 @@ async fn sqlite_kill_midway_each_task_completes_once() {
 
 #[actix::test]
 async fn mysql_a_lost_last_attempt_goes_dead_and_the_rest_run() {
-    let (store, _db) = mysql().await;
+    let (store, db) = mysql().await;
     a_lost_last_attempt_goes_dead_and_the_rest_run(store).await;
+    db.drop_database().await;
 }
 
 #[actix::test]
@@ -224,8 +226,9 @@ async fn sqlite_a_lost_last_attempt_goes_dead_and_the_rest_run() {
 
 #[actix::test]
 async fn mysql_a_worker_built_with_tasks_runs_them() {
-    let (store, _db) = mysql().await;
+    let (store, db) = mysql().await;
     a_worker_built_with_tasks_runs_them(store).await;
+    db.drop_database().await;
 }
 
 #[actix::test]
@@ -236,8 +239,9 @@ async fn sqlite_a_worker_built_with_tasks_runs_them() {
 
 #[actix::test]
 async fn mysql_bad_task_input_is_refused() {
-    let (store, _db) = mysql().await;
+    let (store, db) = mysql().await;
     bad_input(store).await;
+    db.drop_database().await;
 }
 
 #[actix::test]
@@ -271,8 +275,9 @@ async fn large_batches_drain_the_backlog(store: Arc<dyn Store>) {
 
 #[actix::test]
 async fn mysql_large_batches_drain_the_backlog() {
-    let (store, _db) = mysql().await;
+    let (store, db) = mysql().await;
     large_batches_drain_the_backlog(store).await;
+    db.drop_database().await;
 }
 
 #[actix::test]
