@@ -52,8 +52,7 @@ async fn pending(f: &Fixture) -> Vec<helix_store::TaskRecord> {
 
 /// Waits, up to a generous deadline, until some transaction on the server waits for a lock;
 /// fails at once if `waiter` finished without waiting.
-async fn until_a_lock_wait<T>(f: &Fixture, waiter: &tokio::task::JoinHandle<T>) {
-    let mut admin = f.database.admin().await;
+async fn until_a_lock_wait<T>(admin: &mut mysql_async::Conn, waiter: &tokio::task::JoinHandle<T>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let waiting: Option<i64> = admin
@@ -65,7 +64,9 @@ async fn until_a_lock_wait<T>(f: &Fixture, waiter: &tokio::task::JoinHandle<T>) 
         }
         assert!(!waiter.is_finished(), "the enqueue finished without waiting for the uncommitted key");
         assert!(tokio::time::Instant::now() < deadline, "no enqueue waited for the uncommitted key");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Past the server's 100 ms refresh of its cache of the transaction tables: polled
+        // more often, the cache would keep answering the first look.
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 
@@ -108,11 +109,14 @@ async fn a_rolled_back_dedup_holder_leaves_the_key_to_the_waiting_enqueue() {
     assert!(held[0].created);
 
     // The second enqueue looks while the first is uncommitted: it must wait, not trust it.
+    // Connected before the waiter starts: on a busy server a connection can take longer than
+    // the waiter's whole lock-wait budget.
+    let mut admin = f.database.admin().await;
     let waiter = {
         let (store, queue) = (f.store.clone(), f.queue);
         tokio::spawn(async move { store.enqueue_task(queue, &keyed("k")).await })
     };
-    until_a_lock_wait(&f, &waiter).await;
+    until_a_lock_wait(&mut admin, &waiter).await;
     holder.batch_execute("ROLLBACK").await.expect("rollback");
 
     let second = waiter.await.expect("join").expect("enqueue");
@@ -131,11 +135,14 @@ async fn a_committed_dedup_holder_answers_the_waiting_enqueue() {
     let held =
         helix_store::mysql::enqueue_in_transaction(&mut holder, f.queue, &[keyed("k")]).await.expect("hold");
 
+    // Connected before the waiter starts: on a busy server a connection can take longer than
+    // the waiter's whole lock-wait budget.
+    let mut admin = f.database.admin().await;
     let waiter = {
         let (store, queue) = (f.store.clone(), f.queue);
         tokio::spawn(async move { store.enqueue_tasks(queue, &[keyed("j"), keyed("k")]).await })
     };
-    until_a_lock_wait(&f, &waiter).await;
+    until_a_lock_wait(&mut admin, &waiter).await;
     holder.batch_execute("COMMIT").await.expect("commit");
 
     let answers = waiter.await.expect("join").expect("enqueue");

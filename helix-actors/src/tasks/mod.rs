@@ -83,8 +83,9 @@ use crate::worker::{HandlerError, HandlerFactory, PartitionContext, PartitionHan
 /// The default interval of a worker's due-time poll: 1 s.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How many task operations of one worker use the store at once by default: half of the
-/// default pool of 4 connections, the rest kept for the session.
+/// How many task operations of one worker use the store at once by default: 2 of the default
+/// pool of 10 connections (and of the store actor's 10 operations at once), the rest kept for
+/// the session's heartbeats and polls.
 pub const DEFAULT_STORE_CONCURRENCY: usize = 2;
 
 /// The task queues one worker runs: a [`TaskHandler`] and a [`TaskPolicy`] per queue, and
@@ -144,7 +145,8 @@ impl TaskQueues {
     /// Lets at most `operations` task operations (claims, writes of outcomes, recoveries) of
     /// all this worker's partitions use the store at once, instead of
     /// [`DEFAULT_STORE_CONCURRENCY`] (at least 1, at most 1,024). Keep it below the worker's
-    /// pool size (`ConnectOptions::pool_size`, default 4), so that a busy task queue never
+    /// pool size (`ConnectOptions::pool_size`, default 10) and the store actor's limit
+    /// ([`DEFAULT_MAX_IN_FLIGHT`](crate::store_actor::DEFAULT_MAX_IN_FLIGHT), 10), so that a busy task queue never
     /// keeps the worker's heartbeats waiting for a connection: a worker whose heartbeats
     /// wait past its session timeout loses its partitions.
     pub fn store_concurrency(mut self, operations: usize) -> Self {

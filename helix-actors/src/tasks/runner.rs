@@ -278,7 +278,15 @@ struct Calls {
 }
 
 impl Calls {
-    fn call<T, F>(&self, what: &'static str, call: F) -> LocalBoxFuture<'static, StoreResult<T>>
+    /// Runs `call` detached (see [`Calls`]). A call that is `only_if_awaited` (a claim) is
+    /// not sent when its runner is gone by the time the lock and a permit are free: nothing
+    /// would run what it claims.
+    fn call<T, F>(
+        &self,
+        what: &'static str,
+        only_if_awaited: bool,
+        call: F,
+    ) -> LocalBoxFuture<'static, StoreResult<T>>
     where
         T: 'static,
         F: Future<Output = StoreResult<T>> + 'static,
@@ -288,7 +296,10 @@ impl Calls {
         actix::spawn(async move {
             let _held = lock.lock_owned().await;
             // Never closed: the semaphore lives as long as the registry this call holds.
-            let _permit = permits.acquire_owned().await;
+            let permit = permits.acquire_owned().await;
+            if only_if_awaited && answer.is_closed() {
+                return;
+            }
             let mut call = std::pin::pin!(call);
             match tokio::time::timeout(bound, call.as_mut()).await {
                 // The runner may be gone: its successor recovers what this call left.
@@ -296,6 +307,8 @@ impl Calls {
                 Err(_) => {
                     let late = format!("{what} did not answer within {} ms", bound.as_millis());
                     drop(answer.send(Err(StoreError::Unavailable(late))));
+                    // The worker's other partitions need not wait for this one.
+                    drop(permit);
                     // The operation may still be applied (the store finishes what it was
                     // sent): the partition's next call waits for its end.
                     drop(call.await);
@@ -312,12 +325,12 @@ impl Calls {
 
     fn recover(&self, fence: OwnerFence) -> LocalBoxFuture<'static, StoreResult<TaskRecovery>> {
         let store = Arc::clone(&self.store);
-        self.call("recovering tasks", async move { store.recover_partition_tasks(&fence).await })
+        self.call("recovering tasks", false, async move { store.recover_partition_tasks(&fence).await })
     }
 
     fn claim(&self, fence: OwnerFence, limit: u32) -> LocalBoxFuture<'static, StoreResult<Vec<TaskRecord>>> {
         let store = Arc::clone(&self.store);
-        self.call("claiming tasks", async move { store.claim_tasks(&fence, limit).await })
+        self.call("claiming tasks", true, async move { store.claim_tasks(&fence, limit).await })
     }
 }
 
@@ -543,7 +556,7 @@ impl Loop {
             }
         }
         let (store, fence) = (Arc::clone(&self.calls.store), self.fence);
-        let written = self.calls.call("recording task outcomes", async move {
+        let written = self.calls.call("recording task outcomes", false, async move {
             // Each write skips the tasks an earlier try of this batch already wrote.
             if !done.is_empty() {
                 store.complete_tasks(&fence, &done).await?;
