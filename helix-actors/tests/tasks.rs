@@ -449,17 +449,24 @@ async fn bad_task_input_is_refused_and_changes_nothing() {
     support::tasks::bad_input_is_refused(&client, cluster.store().as_ref()).await;
 }
 
-/// A worker whose partition of `queue` runs, shown by a first task done.
-async fn running_worker(
-    cluster: &mut SimCluster,
-    client: &Client,
-    queue: &QueueRecord,
-    queues: &TaskQueues,
-) -> SimWorker {
-    let worker = cluster.add_task_worker(&[(queue, 1)], queues);
-    let canary = enqueue(client, TaskSpec::new("ok")).await;
-    wait_state(cluster, client, canary, TaskState::Done).await;
-    worker
+/// A cluster of one partition with a coordinator and one worker running its tasks under
+/// `policy`, shown running by a first task done.
+struct Running {
+    cluster: SimCluster,
+    client: Client,
+    recorder: Recorder,
+    worker: SimWorker,
+}
+
+async fn running_worker(policy: TaskPolicy) -> Running {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, policy);
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let canary = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, canary, TaskState::Done).await;
+    Running { cluster, client, recorder, worker }
 }
 
 /// A claim that commits but whose answer is lost leaves tasks `RUNNING` that nothing runs:
@@ -467,11 +474,7 @@ async fn running_worker(
 /// and runs them, each once.
 #[actix::test]
 async fn the_tasks_of_a_claim_whose_answer_was_lost_are_recovered_and_run() {
-    let (mut cluster, queue, client) = cluster(1).await;
-    let recorder = Recorder::default();
-    let queues = recorder.queues(&queue, TaskPolicy::default());
-    cluster.add_coordinator();
-    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    let Running { cluster, client, recorder, worker, .. } = running_worker(TaskPolicy::default()).await;
     worker.link().inject("claim_tasks", CallFault::LoseAnswer, 1);
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -494,12 +497,8 @@ async fn the_tasks_of_a_claim_whose_answer_was_lost_are_recovered_and_run() {
 /// `store_retry` before the write is sent again).
 #[actix::test]
 async fn an_outcome_write_whose_answer_was_lost_never_lands_on_a_newer_attempt() {
-    let (mut cluster, queue, client) = cluster(1).await;
-    let recorder = Recorder::default();
-    let policy = TaskPolicy { store_retry: Duration::from_secs(5), ..TaskPolicy::default() };
-    let queues = recorder.queues(&queue, policy);
-    cluster.add_coordinator();
-    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    let Running { cluster, client, recorder, worker, .. } =
+        running_worker(TaskPolicy { store_retry: Duration::from_secs(5), ..TaskPolicy::default() }).await;
     worker.link().inject("fail_tasks", CallFault::LoseAnswer, 1);
     let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
     wait_state(&cluster, &client, id, TaskState::Done).await;
@@ -513,11 +512,7 @@ async fn an_outcome_write_whose_answer_was_lost_never_lands_on_a_newer_attempt()
 /// partition does not stop claiming for good.
 #[actix::test]
 async fn a_refused_claim_is_tried_again() {
-    let (mut cluster, queue, client) = cluster(1).await;
-    let recorder = Recorder::default();
-    let queues = recorder.queues(&queue, TaskPolicy::default());
-    cluster.add_coordinator();
-    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    let Running { cluster, client, worker, .. } = running_worker(TaskPolicy::default()).await;
     let fenced = StoreError::Fenced("the partition is being revoked".to_owned());
     worker.link().inject("claim_tasks", CallFault::Refuse(fenced), 3);
     let id = enqueue(&client, TaskSpec::new("ok")).await;
@@ -530,12 +525,8 @@ async fn a_refused_claim_is_tried_again() {
 /// until it has ended: the late write cannot land after the task was claimed again.
 #[actix::test]
 async fn a_write_that_outlives_its_bound_still_ends_before_the_next_call() {
-    let (mut cluster, queue, client) = cluster(1).await;
-    let recorder = Recorder::default();
-    let policy = TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() };
-    let queues = recorder.queues(&queue, policy);
-    cluster.add_coordinator();
-    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    let Running { cluster, client, recorder, worker, .. } =
+        running_worker(TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() }).await;
     worker.link().inject("fail_tasks", CallFault::Delay(Duration::from_secs(15)), 1);
     let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
     wait_state(&cluster, &client, id, TaskState::Done).await;
@@ -552,12 +543,8 @@ async fn a_write_that_outlives_its_bound_still_ends_before_the_next_call() {
 /// the claim has ended (their attempt counts) and runs them.
 #[actix::test]
 async fn a_claim_that_outlives_its_bound_is_recovered_after_it_ends() {
-    let (mut cluster, queue, client) = cluster(1).await;
-    let recorder = Recorder::default();
-    let policy = TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() };
-    let queues = recorder.queues(&queue, policy);
-    cluster.add_coordinator();
-    let worker = running_worker(&mut cluster, &client, &queue, &queues).await;
+    let Running { cluster, client, recorder, worker, .. } =
+        running_worker(TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() }).await;
     worker.link().inject("claim_tasks", CallFault::Delay(Duration::from_secs(15)), 1);
     let sent = Instant::now();
     let id = enqueue(&client, TaskSpec::new("ok").max_attempts(3)).await;
@@ -573,12 +560,8 @@ async fn a_claim_that_outlives_its_bound_is_recovered_after_it_ends() {
 /// batch are written, and the partition goes on.
 #[actix::test]
 async fn outcomes_and_limits_past_the_stores_bounds_are_cut_not_refused() {
-    let (mut cluster, queue, client) = cluster(1).await;
-    let recorder = Recorder::default();
-    let policy = TaskPolicy { in_flight: u32::MAX, ..TaskPolicy::default() };
-    let queues = recorder.queues(&queue, policy);
-    cluster.add_coordinator();
-    running_worker(&mut cluster, &client, &queue, &queues).await;
+    let Running { cluster, client, .. } =
+        running_worker(TaskPolicy { in_flight: u32::MAX, ..TaskPolicy::default() }).await;
     let snoozed = enqueue(&client, TaskSpec::new("snooze-forever")).await;
     let retried = enqueue(&client, TaskSpec::new("retry-forever").max_attempts(3)).await;
     let ok = enqueue(&client, TaskSpec::new("ok")).await;

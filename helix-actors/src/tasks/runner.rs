@@ -65,13 +65,13 @@ pub(crate) struct Slot {
 
 impl Registry {
     /// A registry whose partitions run at most `store_concurrency` store operations at once
-    /// (at least 1).
+    /// (at least 1; `TaskQueues::store_concurrency` bounds it).
     pub(crate) fn new(store_concurrency: usize) -> Arc<Self> {
         Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
             origin: Instant::now(),
             offset_ms: Mutex::new(None),
-            permits: Arc::new(tokio::sync::Semaphore::new(store_concurrency.clamp(1, 1_024))),
+            permits: Arc::new(tokio::sync::Semaphore::new(store_concurrency.max(1))),
         })
     }
 
@@ -393,7 +393,8 @@ impl Loop {
     ///   a fenced write ends the loop (the partition has a new owner, who recovers the tasks
     ///   still running here).
     async fn serve(&mut self) {
-        let limit = self.policy.in_flight.clamp(1, MAX_IN_FLIGHT);
+        // Within 1 ..= MAX_IN_FLIGHT (see `TaskPartition::new`).
+        let limit = self.policy.in_flight;
         let claim_at_room = limit.div_ceil(2);
         let mut running: FuturesUnordered<LocalBoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut finished: Vec<Finished> = Vec::new();
