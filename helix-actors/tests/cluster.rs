@@ -480,3 +480,48 @@ async fn several_queues_settle_once_and_stay_put() {
     assert!(matches!((min, max), (Some(10), Some(11))), "totals from {min:?} to {max:?}");
     cluster.check_invariants().await.expect("invariants");
 }
+
+/// A worker that comes back under its id serving fewer queues gives up the partitions of the
+/// queues it no longer serves when it registers: they move to a worker that serves them at
+/// once, instead of staying with an owner that neither runs them as a subscriber nor watches
+/// their queue for the revocation (docs/protocol.md, "Adoption bumps the epoch").
+#[actix::test]
+async fn a_worker_back_with_fewer_queues_gives_up_the_others_at_once() {
+    tokio::time::pause();
+    let config = ClusterConfig { rejoin_delay: Duration::from_secs(20), ..ClusterConfig::default() };
+    let mut cluster = SimCluster::new(config).await.expect("cluster");
+    let kept = cluster.create_queue("domain_order", "kept", 4).await.expect("queue");
+    let dropped = cluster.create_queue("domain_order", "dropped", 4).await.expect("queue");
+    cluster.add_coordinator();
+    let both = [(&kept, 1), (&dropped, 1)];
+    let workers: Vec<SimWorker> = (0..2).map(|_| cluster.add_worker(&both, noop_handler())).collect();
+    settle(&cluster, &kept, &[2, 2]).await;
+    settle(&cluster, &dropped, &[2, 2]).await;
+    let (back, other) = (&workers[0], &workers[1]);
+
+    cluster.stop(back).await.expect("leave");
+    cluster.advance(Duration::from_secs(5)).await;
+    let restarted_at = cluster.now();
+    let again = cluster.restart(back, &[(&kept, 1)], noop_handler());
+
+    let moved = cluster
+        .wait_until(Duration::from_secs(5), || async {
+            cluster.partition_map(&dropped).await.expect("map").iter().all(|o| *o == Some(other.id()))
+                && cluster.check_settled(&dropped).await.is_ok()
+        })
+        .await;
+    assert!(
+        moved,
+        "the dropped queue's partitions stayed with the worker that no longer serves it: {:?}",
+        cluster.store().assignments(dropped.id).await.expect("rows").rows
+    );
+    let ran_unsubscribed: Vec<_> = cluster
+        .tenures()
+        .into_iter()
+        .filter(|t| t.worker == back.id() && t.queue == dropped.id && t.started >= restarted_at)
+        .collect();
+    assert!(ran_unsubscribed.is_empty(), "ran a queue it does not serve: {ran_unsubscribed:?}");
+    settle(&cluster, &kept, &[2, 2]).await;
+    assert_eq!(again.status().await.expect("status").partitions.len(), 2, "its own queue's partitions run");
+    cluster.check_invariants().await.expect("invariants");
+}

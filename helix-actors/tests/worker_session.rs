@@ -579,3 +579,34 @@ async fn a_killed_worker_stops_its_partitions_at_once_and_says_no_goodbye() {
     assert!(!env.is_expired(id).await, "the lease still runs");
     wait_until!("the lease ran out in the store", env.is_expired(id).await);
 }
+
+/// A grant of a partition of a queue the worker does not serve (a custom allocator may make
+/// one) is never run: the worker gives it back at its epoch, so the coordinator can place it on
+/// a worker that serves the queue.
+#[actix::test]
+async fn a_partition_of_a_queue_the_worker_does_not_serve_is_given_back_not_run() {
+    let env = Env::new(2).await;
+    let spec = QueueSpec::new(
+        DomainName::new("domain_order").expect("domain name"),
+        QueueName::new("not_served").expect("queue name"),
+        PartitionCount::new(2).expect("partition count"),
+    );
+    let other = env.mem.create_queue(&spec).await.expect("create queue");
+    let (id, session) = env.start_worker(recording_factory(&env.log, false)).await;
+    let change = PlanChange::Grant { partition: PartitionId(1), expected_epoch: Epoch(0), to: id };
+    let outcome = env.mem.apply_plan(&env.fence, other.id, &[change]).await.expect("apply grant");
+    assert_eq!(outcome.applied, 1, "{outcome:?}");
+    // A grant on its own queue makes the worker poll, and so see both rows.
+    let epoch = env.grant(0, id).await;
+    wait_until!("its own partition runs", runs(&session, env.queue.id, 0, epoch).await);
+    let given_back = || async {
+        let row = &env.mem.assignments(other.id).await.expect("rows").rows[1];
+        (row.owner, row.epoch, row.state)
+    };
+    wait_until!(
+        "the partition was given back",
+        given_back().await == (None, Epoch(2), AssignmentState::Assigned)
+    );
+    assert!(calls(&env.log, Call::Assigned, 1).is_empty(), "ran a queue it does not serve");
+    assert!(status(&session).await.partitions.iter().all(|p| p.queue == env.queue.id));
+}

@@ -1453,7 +1453,8 @@ pub async fn a_holder_cannot_take_its_running_lease_again(b: &dyn Backend) {
 /// left with its partitions kept for its return) bumps each row's epoch in the registration:
 /// the old session's epoch is fenced before the new one runs anything. Owners and states stay
 /// (static membership moves nothing); a revocation under way stays under way with its target
-/// and its start. Other workers' rows do not move.
+/// and its start. Rows of a queue the new session no longer serves are released (no owner,
+/// next epoch), so the coordinator can grant them at once. Other workers' rows do not move.
 pub async fn a_new_session_adopts_its_rows_at_the_next_epoch(b: &dyn Backend) {
     let store = b.store();
     let (q1, q2) = (make_queue(&*store, "d", "q1", 3).await, make_queue(&*store, "d", "q2", 1).await);
@@ -1488,8 +1489,16 @@ pub async fn a_new_session_adopts_its_rows_at_the_next_epoch(b: &dyn Backend) {
     assert_eq!(after.rows[2], before.rows[2], "another worker's row does not move");
     assert!(after.assignment_version > before.assignment_version, "readers see the change");
     let q2_row = &store.assignments(q2.id).await.expect("read");
-    assert_eq!((q2_row.rows[0].owner, q2_row.rows[0].epoch), (Some(id), Epoch(2)), "unsubscribed queues too");
-    assert!(q2_row.assignment_version > v2);
+    assert_eq!(
+        (q2_row.rows[0].owner, q2_row.rows[0].epoch, q2_row.rows[0].state, q2_row.rows[0].target),
+        (None, Epoch(2), AssignmentState::Assigned, None),
+        "a queue it no longer serves is released"
+    );
+    assert!(q2_row.assignment_version > v2, "readers see the release");
+    assert_fenced(
+        store.release_partition(q2.id, PartitionId(0), id, Epoch(1)).await,
+        "released row, old epoch",
+    );
 
     // The old session's epoch is fenced; the new one acts at the new epoch.
     assert_fenced(store.release_partition(q1.id, PartitionId(0), id, Epoch(1)).await, "old session's epoch");
@@ -1501,8 +1510,14 @@ pub async fn a_new_session_adopts_its_rows_at_the_next_epoch(b: &dyn Backend) {
         .filter(|e| e.kind == EventKind::PartitionAdopted)
         .map(|e| (e.queue_id, e.partition, e.worker, e.epoch))
         .collect();
-    assert_eq!(adopted.len(), 3, "{adopted:?}");
+    assert_eq!(adopted.len(), 2, "{adopted:?}");
     assert!(adopted.contains(&(Some(q1.id), Some(PartitionId(0)), Some(id), Some(Epoch(2)))));
+    let released: Vec<_> = events[events_before..]
+        .iter()
+        .filter(|e| e.kind == EventKind::PartitionReleased)
+        .map(|e| (e.queue_id, e.partition, e.worker, e.epoch))
+        .collect();
+    assert_eq!(released, vec![(Some(q2.id), Some(PartitionId(0)), Some(id), Some(Epoch(2)))]);
 
     // Leaving with the partitions kept, then coming back: bumped again.
     store.deregister_worker(id, second.session_epoch).await.expect("leave");

@@ -311,26 +311,43 @@ impl Store for MemStore {
             NewEvent::worker_joined(registration.id, &registration.host, registration.pid, session_epoch),
         );
         // Adoption: the rows the id still owns move to the next epoch before the new session
-        // can read them.
-        let mut adopted = Vec::new();
+        // can read them; those of queues it no longer serves are released instead.
+        let served: std::collections::BTreeSet<QueueId> =
+            registration.subscriptions.iter().map(|sub| sub.queue_id).collect();
+        let mut events = Vec::new();
+        let mut queues = std::collections::BTreeSet::new();
         for (queue, rows) in &mut s.assignments {
             for row in rows.iter_mut().filter(|r| r.owner == Some(registration.id)) {
                 row.epoch = row.epoch.next();
-                if !rules::adoption_keeps_updated_at(row.state) {
-                    row.updated_at = now;
+                queues.insert(*queue);
+                if served.contains(queue) {
+                    if !rules::adoption_keeps_updated_at(row.state) {
+                        row.updated_at = now;
+                    }
+                    events.push(NewEvent::partition_adopted(
+                        *queue,
+                        row.partition,
+                        registration.id,
+                        row.epoch,
+                        session_epoch,
+                    ));
+                } else {
+                    (row.owner, row.target, row.state, row.updated_at) =
+                        (None, None, AssignmentState::Assigned, now);
+                    events.push(NewEvent::partition_released(
+                        *queue,
+                        row.partition,
+                        registration.id,
+                        row.epoch,
+                    ));
                 }
-                adopted.push((*queue, row.partition, row.epoch));
             }
         }
-        let queues: std::collections::BTreeSet<QueueId> = adopted.iter().map(|a| a.0).collect();
         for queue in queues {
             s.bump_version(queue);
         }
-        for (queue, partition, epoch) in adopted {
-            s.record(
-                now,
-                NewEvent::partition_adopted(queue, partition, registration.id, epoch, session_epoch),
-            );
+        for event in events {
+            s.record(now, event);
         }
         Ok(WorkerLease { session_epoch, lease_expires_at })
     }

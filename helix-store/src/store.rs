@@ -78,7 +78,10 @@ pub trait Store: Send + Sync + 'static {
     /// expired) moves to epoch + 1, keeping its owner, state and target (a revocation keeps
     /// its start); each touched queue's assignment version moves once and each row gets a
     /// `partition_adopted` event. So the previous process's epoch is fenced before the new
-    /// session can read its rows.
+    /// session can read its rows. A row of a queue the new session does not subscribe to is
+    /// released instead (no owner, epoch + 1, assigned, a `partition_released` event), for the
+    /// coordinator to grant to a worker that serves it (`docs/protocol.md`, "Adoption bumps
+    /// the epoch").
     ///
     /// `NotFound` when a subscribed queue does not exist.
     async fn register_worker(&self, registration: &WorkerRegistration) -> StoreResult<WorkerLease>;

@@ -630,12 +630,17 @@ impl WorkerSession {
         let store = Arc::clone(&self.store);
         let id = self.id();
         let known: BTreeSet<QueueId> = self.queues.keys().copied().collect();
+        // Queues it does not serve are never run (see `give_back`): no lookup for them.
+        let served = self.served_queues();
         let stamp = self.stamp();
         let wanted = self.poll_wanted_seq;
         let poll = bounded(self.call_bound(), "assignment poll", async move {
             let rows = store.assignments_of(id).await?;
-            let unknown: BTreeSet<QueueId> =
-                rows.iter().map(|r| r.queue_id).filter(|q| !known.contains(q)).collect();
+            let unknown: BTreeSet<QueueId> = rows
+                .iter()
+                .map(|r| r.queue_id)
+                .filter(|q| served.contains(q) && !known.contains(q))
+                .collect();
             let mut queues = Vec::new();
             for queue in unknown {
                 match store.get_queue_by_id(queue).await {
@@ -690,7 +695,12 @@ impl WorkerSession {
                 }
             }
         }
+        let served = self.served_queues();
         for (key, row) in owned {
+            if !served.contains(&key.0) && !self.slots.contains_key(&key) {
+                self.give_back(key, row, ctx);
+                continue;
+            }
             match (row.state, self.slots.get(&key).map(|s| s.state)) {
                 (_, Some(PartitionState::Draining)) => {}
                 (AssignmentState::Revoking, _) => self.revoke(key, row.epoch, ctx),
@@ -711,6 +721,49 @@ impl WorkerSession {
                 (AssignmentState::Assigned, None) => self.start(key, row.epoch, ctx),
             }
         }
+    }
+
+    /// The queues this session subscribed to.
+    fn served_queues(&self) -> BTreeSet<QueueId> {
+        self.registration.subscriptions.iter().map(|sub| sub.queue_id).collect()
+    }
+
+    /// A partition of a queue this worker does not serve is never run here: it is given back
+    /// at its epoch (handed off when it is being revoked, released otherwise) for the
+    /// coordinator to place on a worker that serves the queue. The store releases such rows
+    /// when a session registers (docs/protocol.md, "Adoption bumps the epoch"), so this only
+    /// meets a grant that ignored the subscriptions (a custom allocator's). A failure is
+    /// tried again after the next poll.
+    fn give_back(&mut self, key: PartitionKey, row: &AssignmentRecord, ctx: &mut Context<Self>) {
+        if self.given_up.get(&key).is_some_and(|e| row.epoch <= *e) {
+            return;
+        }
+        let (epoch, revoking) = (row.epoch, row.state == AssignmentState::Revoking);
+        self.given_up.insert(key, epoch);
+        warn!(queue = %key.0, partition = %key.1, %epoch, "owns a partition of a queue it does not serve, giving it back");
+        let (store, id, stamp, bound) = (Arc::clone(&self.store), self.id(), self.stamp(), self.call_bound());
+        let give_back = async move {
+            if revoking {
+                bounded(bound, "handoff", store.handoff(key.0, key.1, id, epoch)).await
+            } else {
+                bounded(bound, "release", store.release_partition(key.0, key.1, id, epoch)).await
+            }
+        };
+        ctx.spawn(give_back.into_actor(self).map(move |outcome, act, _| {
+            if !act.still_current(stamp, "give back") {
+                return;
+            }
+            match outcome {
+                Ok(new_epoch) => info!(queue = %key.0, partition = %key.1, %new_epoch, "partition given back"),
+                Err(error) => {
+                    warn!(queue = %key.0, partition = %key.1, %epoch, %error, "could not give the partition back, trying again after the next poll");
+                    if act.given_up.get(&key) == Some(&epoch) {
+                        act.given_up.remove(&key);
+                    }
+                    act.poll_wanted_seq += 1;
+                }
+            }
+        }));
     }
 
     fn generation(&mut self) -> u64 {

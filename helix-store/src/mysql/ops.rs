@@ -720,48 +720,68 @@ pub(super) async fn register_worker(conn: &mut Conn, registration: &WorkerRegist
     let session_epoch = SessionEpoch(to_u64(epoch, "session epoch")?);
     let event = NewEvent::worker_joined(registration.id, &registration.host, registration.pid, session_epoch);
     insert_events(conn, &[event]).await?;
-    adopt(conn, registration.id, session_epoch).await?;
+    adopt(conn, registration.id, session_epoch, &subscribed).await?;
     Ok(WorkerLease { session_epoch, lease_expires_at: utc(expires) })
 }
 
-/// Adoption, in the registration's transaction: every row `worker` still owns moves to the
-/// next epoch (a revocation keeps its start, `rules::adoption_keeps_updated_at`), each queue's
-/// version moves once, and each row gets its `partition_adopted` event. `updated_at` comes
-/// first in the SET list while `state` is still the old one (MySQL assigns left to right).
-async fn adopt(conn: &mut Conn, worker: WorkerId, session_epoch: SessionEpoch) -> Res<()> {
+/// Adoption, in the registration's transaction: every row `worker` still owns in a queue it
+/// serves (`served`) moves to the next epoch (a revocation keeps its start,
+/// `rules::adoption_keeps_updated_at`) with a `partition_adopted` event; every row it owns in
+/// a queue it no longer serves is released (no owner, next epoch) with a `partition_released`
+/// event, for the coordinator to grant to a worker that serves it. Each queue's version moves
+/// once. `updated_at` comes first in the SET list while `state` is still the old one (MySQL
+/// assigns left to right).
+async fn adopt(conn: &mut Conn, worker: WorkerId, session_epoch: SessionEpoch, served: &[i64]) -> Res<()> {
     let id = bytes(worker);
-    let changed = diesel::sql_query(
-        "UPDATE helix_assignments SET updated_at = IF(state = 'REVOKING', updated_at, NOW(6)), \
-         epoch = epoch + 1 WHERE owner = ?",
-    )
-    .bind::<Binary, _>(&id)
-    .execute(conn)
-    .await?;
-    if changed == 0 {
-        return Ok(());
-    }
-    let adopted: Vec<AdoptedRow> = diesel::sql_query(
-        "SELECT queue_id, partition_id, epoch FROM helix_assignments WHERE owner = ? ORDER BY queue_id, partition_id",
+    let owned: Vec<AdoptedRow> = diesel::sql_query(
+        "SELECT queue_id, partition_id, epoch FROM helix_assignments WHERE owner = ? \
+         ORDER BY queue_id, partition_id FOR UPDATE",
     )
     .bind::<Binary, _>(&id)
     .load(conn)
     .await?;
-    let queues: BTreeSet<i64> = adopted.iter().map(|r| r.queue_id).collect();
+    if owned.is_empty() {
+        return Ok(());
+    }
+    let unserved: BTreeSet<i64> = owned.iter().map(|r| r.queue_id).filter(|q| !served.contains(q)).collect();
+    if !unserved.is_empty() {
+        let text = format!(
+            "UPDATE helix_assignments SET owner = NULL, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
+             updated_at = NOW(6) WHERE owner = ? AND queue_id IN ({})",
+            placeholders(unserved.len())
+        );
+        let mut query = diesel::sql_query(text).into_boxed::<Mysql>().bind::<Binary, _>(id.clone());
+        for queue in &unserved {
+            query = query.bind::<BigInt, _>(*queue);
+        }
+        query.execute(conn).await?;
+    }
+    if owned.iter().any(|r| !unserved.contains(&r.queue_id)) {
+        diesel::sql_query(
+            "UPDATE helix_assignments SET updated_at = IF(state = 'REVOKING', updated_at, NOW(6)), \
+             epoch = epoch + 1 WHERE owner = ?",
+        )
+        .bind::<Binary, _>(&id)
+        .execute(conn)
+        .await?;
+    }
+    let queues: BTreeSet<i64> = owned.iter().map(|r| r.queue_id).collect();
     for queue in queues {
         diesel::update(helix_queues::table.find(queue))
             .set(helix_queues::assignment_version.eq(helix_queues::assignment_version + 1))
             .execute(conn)
             .await?;
     }
-    let mut events = Vec::with_capacity(adopted.len());
-    for row in &adopted {
-        events.push(NewEvent::partition_adopted(
-            QueueId(to_u64(row.queue_id, "queue id")?),
-            partition_of(row.partition_id)?,
-            worker,
-            Epoch(to_u64(row.epoch, "epoch")?),
-            session_epoch,
-        ));
+    let mut events = Vec::with_capacity(owned.len());
+    for row in &owned {
+        let (queue, partition) =
+            (QueueId(to_u64(row.queue_id, "queue id")?), partition_of(row.partition_id)?);
+        let epoch = Epoch(to_u64(row.epoch, "epoch")?).next();
+        events.push(if unserved.contains(&row.queue_id) {
+            NewEvent::partition_released(queue, partition, worker, epoch)
+        } else {
+            NewEvent::partition_adopted(queue, partition, worker, epoch, session_epoch)
+        });
     }
     insert_events(conn, &events).await
 }

@@ -748,31 +748,46 @@ fn owner_write(
     Ok(new_epoch)
 }
 
-/// Adoption, inside the registration's immediate transaction: every row `worker` still owns
-/// moves to the next epoch (a revocation keeps its start, `rules::adoption_keeps_updated_at`),
-/// each queue's version moves once, and each row gets its `partition_adopted` event.
+/// Adoption, inside the registration's immediate transaction (after the new subscriptions are
+/// written): every row `worker` still owns in a queue it serves moves to the next epoch (a
+/// revocation keeps its start, `rules::adoption_keeps_updated_at`) with a `partition_adopted`
+/// event; every row it owns in a queue it no longer serves is released (no owner, next epoch)
+/// with a `partition_released` event, for the coordinator to grant to a worker that serves
+/// it. Each queue's version moves once.
 fn adopt(conn: &mut SqliteConnection, worker: WorkerId, session_epoch: SessionEpoch) -> Tx<()> {
+    let id = worker.as_bytes().as_slice();
+    let released: Vec<AdoptedRow> = sql_query(concat!(
+        "UPDATE helix_assignments SET owner = NULL, epoch = epoch + 1, state = 'ASSIGNED', target = NULL, \
+         updated_at = ",
+        now!(),
+        " WHERE owner = ? AND queue_id NOT IN (SELECT queue_id FROM helix_subscriptions WHERE worker_id = ?) \
+         RETURNING queue_id, partition_id, epoch"
+    ))
+    .bind::<Binary, _>(id)
+    .bind::<Binary, _>(id)
+    .load(conn)?;
     let adopted: Vec<AdoptedRow> = sql_query(concat!(
         "UPDATE helix_assignments SET epoch = epoch + 1, updated_at = CASE WHEN state = 'REVOKING' \
          THEN updated_at ELSE ",
         now!(),
         " END WHERE owner = ? RETURNING queue_id, partition_id, epoch"
     ))
-    .bind::<Binary, _>(worker.as_bytes().as_slice())
+    .bind::<Binary, _>(id)
     .load(conn)?;
-    let queues: BTreeSet<i64> = adopted.iter().map(|r| r.queue_id).collect();
+    let queues: BTreeSet<i64> = released.iter().chain(&adopted).map(|r| r.queue_id).collect();
     for queue in queues {
         bump_version(conn, queue)?;
     }
-    let mut events = Vec::with_capacity(adopted.len());
-    for row in &adopted {
-        events.push(NewEvent::partition_adopted(
-            QueueId(to_u64(row.queue_id, "queue id")?),
-            PartitionId(to_u32(row.partition_id, "partition")?),
-            worker,
-            Epoch(to_u64(row.epoch, "epoch")?),
-            session_epoch,
-        ));
+    let mut events = Vec::with_capacity(released.len() + adopted.len());
+    for (row, is_released) in released.iter().map(|r| (r, true)).chain(adopted.iter().map(|r| (r, false))) {
+        let queue = QueueId(to_u64(row.queue_id, "queue id")?);
+        let partition = PartitionId(to_u32(row.partition_id, "partition")?);
+        let epoch = Epoch(to_u64(row.epoch, "epoch")?);
+        events.push(if is_released {
+            NewEvent::partition_released(queue, partition, worker, epoch)
+        } else {
+            NewEvent::partition_adopted(queue, partition, worker, epoch, session_epoch)
+        });
     }
     record(conn, &events)?;
     Ok(())
