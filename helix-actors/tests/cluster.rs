@@ -525,3 +525,40 @@ async fn a_worker_back_with_fewer_queues_gives_up_the_others_at_once() {
     assert_eq!(again.status().await.expect("status").partitions.len(), 2, "its own queue's partitions run");
     cluster.check_invariants().await.expect("invariants");
 }
+
+/// The coordinator sweeps when a live worker's lease runs out rather than at its next tick:
+/// with a reconcile interval of 2 s, a dead worker's partitions are granted within a few ms
+/// after its lease ended on the store's clock, and never before (docs/protocol.md,
+/// "Failover").
+#[actix::test]
+async fn a_dead_workers_partitions_are_granted_as_its_lease_runs_out_not_at_the_next_tick() {
+    let config = ClusterConfig { reconcile_interval: Duration::from_secs(2), ..ClusterConfig::default() };
+    let (mut cluster, queue, workers) = cluster_with(config, 3, 12).await;
+    settle(&cluster, &queue, &[4, 4, 4]).await;
+    let victim = &workers[0];
+    let orphans = owned_by(&cluster.partition_map(&queue).await.expect("map"), victim.id());
+    let killed_clock = cluster.now();
+    cluster.kill(victim);
+    let expires = cluster.store().get_worker(victim.id()).await.expect("worker").lease_expires_at;
+
+    let owned = || async {
+        let map = cluster.partition_map(&queue).await.expect("map");
+        map.iter().all(|o| o.is_some_and(|o| o != victim.id()))
+    };
+    assert!(cluster.wait_until(LIMIT, owned).await, "the orphans are owned again");
+    let grants: Vec<_> = cluster
+        .events()
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == EventKind::PartitionGranted && e.at >= killed_clock)
+        .filter(|e| e.partition.is_some_and(|p| orphans.contains(&p)))
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(grants.len(), orphans.len(), "each orphan granted once");
+    let first = grants.iter().min().copied().expect("granted");
+    assert!(first > expires, "granted at {first} before the lease ran out at {expires}");
+    let late = millis(first - expires);
+    assert!(late <= 50, "granted {late} ms after the lease ran out; the next tick was up to 2,000 ms away");
+    cluster.check_invariants().await.expect("invariants");
+}

@@ -22,6 +22,10 @@ use super::detector::{FailureDetector, Sweep, WorkersExpired};
 use super::election::{LeadershipChanged, StepDown};
 use super::reconcile::{ReconcileInput, check_rows, plan_towards, request_for};
 
+/// How long after a live worker's lease end the coordinator sweeps for it, and the least
+/// delay of such a sweep.
+const LEASE_END_SLACK: Duration = Duration::from_millis(5);
+
 /// What one reconciliation round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoundReport {
@@ -60,6 +64,9 @@ struct Memory {
     /// Queues with partitions held for a worker's return (`rejoin_delay`): re-evaluated every
     /// round until the worker is back or the delay is over.
     holding: BTreeSet<QueueId>,
+    /// When the earliest lease of a live worker runs out, as of the last sweep, on the local
+    /// clock: the coordinator sweeps then rather than at its next tick.
+    earliest_lease_end: Option<Instant>,
 }
 
 /// Reconciles every queue while this process leads.
@@ -94,6 +101,8 @@ pub struct Coordinator {
     last_full: Option<Instant>,
     /// When the current term began or its last round made progress.
     last_progress: Instant,
+    /// A round planned for when a live worker's lease runs out, before the next tick.
+    wake: Option<(Instant, SpawnHandle)>,
 }
 
 impl Coordinator {
@@ -113,6 +122,7 @@ impl Coordinator {
             memory: Some(Memory::default()),
             last_full: None,
             last_progress: Instant::now(),
+            wake: None,
         }
     }
 
@@ -158,6 +168,31 @@ impl Coordinator {
         });
     }
 
+    /// Plans a round for just after `lease_end` (the earliest end of a live worker's lease)
+    /// when that comes before the next tick, so that a dead worker's partitions move as soon
+    /// as its lease has run out on the store's clock rather than up to `reconcile_interval`
+    /// later (`docs/protocol.md`, "Failover"). A live worker's lease ends within a tick only
+    /// when it missed renewals, so a healthy cluster never gets these extra rounds.
+    fn wake_at_lease_end(&mut self, lease_end: Option<Instant>, ctx: &mut Context<Self>) {
+        let Some(lease_end) = lease_end else { return };
+        // Past the end by a little, so that the store's clock has passed it too; never sooner
+        // than a few ms from now, so an early wake costs one extra sweep, not a busy loop.
+        let at = (lease_end + LEASE_END_SLACK).max(Instant::now() + LEASE_END_SLACK);
+        if at >= Instant::now() + self.config.reconcile_interval || self.wake.is_some_and(|(w, _)| w <= at) {
+            return;
+        }
+        if let Some((_, handle)) = self.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.wake = None;
+            if let Some(round) = act.start_round(false) {
+                ctx.spawn(round.map(|_, _, _| ()));
+            }
+        });
+        self.wake = Some((at, handle));
+    }
+
     /// Stops acting under `fence` and tells the election to step down.
     fn step_down(&mut self, fence: &CoordinatorFence) {
         if self.fence.as_ref() == Some(fence) {
@@ -192,7 +227,9 @@ impl Coordinator {
             self.progress_limit(),
         );
         Some(round.into_actor(self).map(move |(memory, result), act, ctx| {
+            let lease_end = memory.earliest_lease_end;
             act.memory = Some(memory);
+            act.wake_at_lease_end(lease_end, ctx);
             match result {
                 Ok((report, progress)) => {
                     if progress && act.fence.as_ref() == Some(&fence) {
@@ -343,6 +380,7 @@ async fn round(
     let mut report = RoundReport::default();
 
     // Failure detection, on the store's clock.
+    memory.earliest_lease_end = None;
     let sweep = async {
         detector
             .send(Sweep { fence: fence.clone() })
@@ -352,6 +390,14 @@ async fn round(
     let WorkersExpired { declared_dead, live, held_back, now } =
         timed(call, "the failure sweep", sweep).await?;
     report.declared_dead = declared_dead;
+    // On the local clock, counted from when the sweep answered (its `now` was read a little
+    // earlier, so this errs late by the rest of the sweep).
+    let swept = Instant::now();
+    memory.earliest_lease_end = live
+        .iter()
+        .map(|w| w.lease_expires_at)
+        .min()
+        .map(|end| swept + (end - now).to_std().unwrap_or_default());
 
     let membership: Vec<_> =
         live.iter().map(|w| (w.id, w.session_epoch, w.status, w.subscriptions.clone())).collect();
