@@ -24,6 +24,7 @@ pub mod client;
 mod clock;
 pub mod coordinator;
 pub mod node;
+mod runtime;
 pub mod store_actor;
 pub mod tasks;
 pub mod testing;

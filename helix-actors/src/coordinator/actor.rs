@@ -326,6 +326,9 @@ async fn timed<T>(
     what: &str,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    if let Some(stopped) = crate::runtime::stopped(what) {
+        return Err(stopped);
+    }
     tokio::time::timeout(limit, call)
         .await
         .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("{what} took longer than {limit:?}"))))
@@ -344,6 +347,9 @@ async fn run_round(
     full: bool,
     limit: Duration,
 ) -> (Memory, Result<(RoundReport, bool), RoundError>) {
+    if let Some(stopped) = crate::runtime::stopped("the round") {
+        return (memory, Err(RoundError::Store(stopped)));
+    }
     let round = round(&*store, &config, &detector, &allocator, &fence, &mut memory, full);
     let result = tokio::time::timeout(limit, round).await.unwrap_or(Err(RoundError::Deadline(limit)));
     (memory, result)

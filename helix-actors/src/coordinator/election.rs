@@ -118,6 +118,9 @@ impl LeaderElection {
             Some(leading) => {
                 let fence = leading.fence.clone();
                 let renewal = async move {
+                    if let Some(stopped) = crate::runtime::stopped("the lease call") {
+                        return Err(stopped);
+                    }
                     tokio::time::timeout(bound, store.renew_lease(&fence, lease))
                         .await
                         .unwrap_or_else(|_| Err(late()))
@@ -130,6 +133,9 @@ impl LeaderElection {
             None => {
                 let (cluster, me) = (self.cluster.clone(), self.me);
                 let acquisition = async move {
+                    if let Some(stopped) = crate::runtime::stopped("the lease call") {
+                        return Err(stopped);
+                    }
                     tokio::time::timeout(bound, store.acquire_lease(&cluster, me, lease))
                         .await
                         .unwrap_or_else(|_| Err(late()))

@@ -1128,12 +1128,17 @@ impl Handler<PartitionFailure> for WorkerSession {
 
 /// Bounds one store request of the session by `bound`: past it the request counts as failed
 /// with [`StoreError::Unavailable`] and the session goes on (a heartbeat or a poll is sent
-/// again on a later tick); the Store actor finishes or fails the statement on its own.
+/// again on a later tick); the Store actor finishes or fails the statement on its own. Polled
+/// with no runtime (its system is being torn down with the session still running), it is not
+/// sent and fails the same way: a timer needs the runtime.
 async fn bounded<T>(
     bound: Duration,
     what: &'static str,
     call: impl std::future::Future<Output = StoreResult<T>>,
 ) -> StoreResult<T> {
+    if let Some(stopped) = crate::runtime::stopped(what) {
+        return Err(stopped);
+    }
     tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
         Err(StoreError::Unavailable(format!("{what} did not answer within {} ms", bound.as_millis())))
     })
