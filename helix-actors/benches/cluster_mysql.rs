@@ -1,5 +1,5 @@
 //! Benchmark of a Helix cluster on MariaDB / MySQL with the default timings
-//! (`ClusterConfig::default()`: heartbeat 1 s, session timeout 3 s, coordinator lease 3 s,
+//! (`ClusterConfig::default()`: heartbeat 500 ms, session timeout 3 s, coordinator lease 3 s,
 //! reconcile 500 ms), with in-process nodes on one actix system:
 //!
 //! 1. the time from the death of a worker (no goodbye: its link to the store is cut off for

@@ -23,7 +23,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// How often a worker renews its lease. Default 1 s.
+    /// How often a worker renews its lease. Each renewal is one statement (one round trip on
+    /// MySQL) and its answer says whether the worker's assignments moved, so this is also how
+    /// long a grant can wait before its new owner learns of it. Default 500 ms: with the
+    /// default session timeout of 3 s, a killed worker's partitions run elsewhere within the
+    /// session timeout + 0.5 s (`docs/protocol.md`, "How a grant reaches its owner").
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// How long a worker's lease lasts after a renewal; a worker that has not renewed for
@@ -88,7 +92,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(500),
             session_timeout: Duration::from_secs(3),
             coordinator_lease: Duration::from_secs(3),
             coordinator_renew_interval: Duration::from_secs(1),

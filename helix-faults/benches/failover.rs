@@ -1,5 +1,5 @@
 //! Failover of real worker processes on MariaDB / MySQL, with the default timings
-//! (`ClusterConfig::default()`: heartbeat 1 s, session timeout 3 s, lease 3 s, reconcile
+//! (`ClusterConfig::default()`: heartbeat 500 ms, session timeout 3 s, lease 3 s, reconcile
 //! 500 ms):
 //!
 //! - a coordinator process and `HELIX_BENCH_WORKERS` (default 4) worker processes of the
