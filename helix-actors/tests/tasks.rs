@@ -499,7 +499,7 @@ async fn the_tasks_of_a_claim_whose_answer_was_lost_are_recovered_and_run() {
 async fn an_outcome_write_whose_answer_was_lost_never_lands_on_a_newer_attempt() {
     let Running { cluster, client, recorder, worker, .. } =
         running_worker(TaskPolicy { store_retry: Duration::from_secs(5), ..TaskPolicy::default() }).await;
-    worker.link().inject("fail_tasks", CallFault::LoseAnswer, 1);
+    worker.link().inject("record_task_outcomes", CallFault::LoseAnswer, 1);
     let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
     wait_state(&cluster, &client, id, TaskState::Done).await;
     let task = client.task(id).await.expect("task");
@@ -527,7 +527,7 @@ async fn a_refused_claim_is_tried_again() {
 async fn a_write_that_outlives_its_bound_still_ends_before_the_next_call() {
     let Running { cluster, client, recorder, worker, .. } =
         running_worker(TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() }).await;
-    worker.link().inject("fail_tasks", CallFault::Delay(Duration::from_secs(15)), 1);
+    worker.link().inject("record_task_outcomes", CallFault::Delay(Duration::from_secs(15)), 1);
     let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
     wait_state(&cluster, &client, id, TaskState::Done).await;
     let runs = recorder.runs_of(id);
@@ -653,7 +653,7 @@ async fn a_dropped_runners_late_write_lands_before_the_next_runner_claims() {
     // Late in the drain, the gated attempts fail; their writes are held up for 8 s on the way,
     // past the drain's cut and the partition's next run at the same epoch.
     cluster.advance(Duration::from_secs(8)).await;
-    owner.link().inject("fail_tasks", CallFault::Delay(Duration::from_secs(8)), 2);
+    owner.link().inject("record_task_outcomes", CallFault::Delay(Duration::from_secs(8)), 2);
     recorder.gate.notify_waiters();
     wait_all_finished(&cluster, &client, &late).await;
     for id in late {
@@ -724,7 +724,7 @@ async fn a_workers_task_operations_use_the_store_at_most_store_concurrency_at_on
     let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
     worker.link().inject("claim_tasks", CallFault::Delay(Duration::from_secs(1)), 16);
     wait_all_finished(&cluster, &client, &ids).await;
-    for method in ["recover_partition_tasks", "claim_tasks", "complete_tasks"] {
+    for method in ["recover_partition_tasks", "claim_tasks", "record_task_outcomes"] {
         let peak = worker.link().peak_calls(method);
         assert!((1..=2).contains(&peak), "{method}: {peak} calls at once");
     }

@@ -62,6 +62,7 @@
 //! ```
 
 mod handler;
+mod outbox;
 mod policy;
 mod runner;
 
@@ -174,7 +175,7 @@ impl TaskQueues {
         store: Arc<dyn Store>,
         other: Option<HandlerFactory>,
     ) -> (HandlerFactory, impl Future<Output = ()> + Send + 'static) {
-        let registry = runner::Registry::new(self.store_concurrency);
+        let registry = runner::Registry::new(Arc::clone(&store), self.store_concurrency);
         let poll = runner::poll(Arc::clone(&store), Arc::downgrade(&registry), self.poll_interval);
         let queues = self.queues.clone();
         let factory: HandlerFactory = Arc::new(move |ctx: &PartitionContext| match queues.get(&ctx.queue) {
