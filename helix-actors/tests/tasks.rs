@@ -729,3 +729,128 @@ async fn a_workers_task_operations_use_the_store_at_most_store_concurrency_at_on
         assert!((1..=2).contains(&peak), "{method}: {peak} calls at once");
     }
 }
+
+/// How many store calls wrote outcomes through `worker`'s link, by any write method.
+fn outcome_writes(worker: &SimWorker) -> usize {
+    ["record_task_outcomes", "complete_tasks", "fail_tasks", "retry_tasks_later"]
+        .into_iter()
+        .map(|method| worker.link().calls(method))
+        .sum()
+}
+
+/// The outcomes of many partitions of one worker go to the store together: far fewer
+/// writes than partitions, each write of one worker at a time, and every task done once.
+#[actix::test]
+async fn many_partitions_outcomes_are_written_in_few_store_calls() {
+    let (mut cluster, queue, client) = cluster(32).await;
+    let mut ids = Vec::new();
+    for partition in 0..32 {
+        for _ in 0..4 {
+            ids.push(enqueue(&client, TaskSpec::new("ok").partition(partition)).await);
+        }
+    }
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    wait_all_finished(&cluster, &client, &ids).await;
+    let writes = outcome_writes(&worker);
+    assert!(writes <= 8, "{writes} writes for 32 partitions");
+    assert_eq!(worker.link().peak_calls("record_task_outcomes"), 1, "one coalesced write at a time");
+    assert_eq!(recorder.runs().len(), ids.len(), "each task ran once");
+}
+
+/// A worker of `partitions` partitions with one `payload` task in each, enqueued before it
+/// starts (so that they run and finish together), under `policy`; faults of its link are
+/// injected by `faults` before it starts.
+async fn together(
+    partitions: u32,
+    payload: &str,
+    policy: TaskPolicy,
+    faults: impl FnOnce(&SimWorker),
+) -> (SimCluster, Client, Recorder, SimWorker, Vec<TaskId>) {
+    let (mut cluster, queue, client) = cluster(u64::from(partitions)).await;
+    let mut ids = Vec::new();
+    for partition in 0..partitions {
+        ids.push(enqueue(&client, TaskSpec::new(payload).partition(partition).max_attempts(5)).await);
+    }
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, policy);
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    faults(&worker);
+    cluster.add_coordinator();
+    (cluster, client, recorder, worker, ids)
+}
+
+/// A coalesced write whose answer is lost (it committed) is written again by every partition
+/// in it before any of them claims: the rewrite skips what was written, and no outcome lands
+/// on a newer attempt (each failed first attempt is due again at once).
+#[actix::test]
+async fn a_lost_answer_of_a_coalesced_write_is_written_again_by_each_of_its_partitions() {
+    let policy = TaskPolicy { store_retry: Duration::from_secs(5), ..TaskPolicy::default() };
+    let (cluster, client, recorder, worker, ids) = together(8, "again", policy, |worker| {
+        worker.link().inject("record_task_outcomes", CallFault::LoseAnswer, 1);
+    })
+    .await;
+    wait_all_finished(&cluster, &client, &ids).await;
+    for id in &ids {
+        let runs = recorder.runs_of(*id);
+        assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2], "{runs:?}");
+        let task = client.task(*id).await.expect("task");
+        assert_eq!((task.state, task.attempts), (TaskState::Done, 2), "{task:?}");
+        assert!(
+            runs[1].at - runs[0].at >= Duration::from_secs(5),
+            "claimed again only after the rewrite: {runs:?}"
+        );
+    }
+    assert!(outcome_writes(&worker) <= 4, "{} writes", outcome_writes(&worker));
+}
+
+/// A coalesced write refused as a whole (a transient failure) is a failure for every
+/// partition in it, never a silent success: each writes its outcomes again, and every task
+/// completes once.
+#[actix::test]
+async fn a_refused_coalesced_write_is_written_again_by_each_of_its_partitions() {
+    let down = StoreError::Transient("deadlock found when trying to get lock".to_owned());
+    let (cluster, client, recorder, worker, ids) = together(8, "ok", TaskPolicy::default(), |worker| {
+        worker.link().inject("record_task_outcomes", CallFault::Refuse(down), 2);
+    })
+    .await;
+    wait_all_finished(&cluster, &client, &ids).await;
+    for id in &ids {
+        let task = client.task(*id).await.expect("task");
+        assert_eq!((task.state, task.attempts), (TaskState::Done, 1), "{task:?}");
+        assert_eq!(recorder.runs_of(*id).len(), 1);
+    }
+    assert!(worker.link().calls("record_task_outcomes") >= 3, "the refused writes were sent again");
+}
+
+/// A coalesced write that never ends stops the partitions in it on this worker (their next
+/// calls wait for it), but not the worker's other partitions: past `store_timeout` the next
+/// coalesced write goes.
+#[actix::test]
+async fn a_hung_coalesced_write_stops_only_its_own_partitions() {
+    let policy = TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() };
+    let (mut cluster, queue, client) = cluster(2).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, policy);
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let first = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, first, TaskState::Done).await;
+    // Partition 0's write hangs.
+    worker.link().inject("record_task_outcomes", CallFault::Hang, 1);
+    let stuck = enqueue(&client, TaskSpec::new("ok").partition(0)).await;
+    assert!(
+        cluster.wait_until(LIMIT, || async { !recorder.runs_of(stuck).is_empty() }).await,
+        "the task ran"
+    );
+    let behind = enqueue(&client, TaskSpec::new("ok").partition(0)).await;
+    let other = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, other, TaskState::Done).await;
+    cluster.advance(Duration::from_secs(30)).await;
+    assert_eq!(state(&client, stuck).await, TaskState::Running, "its write never reached the store");
+    assert_eq!(state(&client, behind).await, TaskState::Pending, "no claim while the write is owed");
+    let late = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, late, TaskState::Done).await;
+}
