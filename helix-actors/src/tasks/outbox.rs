@@ -13,7 +13,8 @@
 //!   the coalesced store operation has really ended, even past `store_timeout`: the
 //!   partition's next call (a rewrite, a claim, the next runner's recovery) comes after it;
 //! - a coalesced write takes one of the worker's `store_concurrency` permits, like any task
-//!   operation, and gives it back at `store_timeout` if it has not ended by then;
+//!   operation, and gives it back at `store_timeout` (the smallest of its partitions' queues'
+//!   when they differ) if it has not ended by then;
 //! - each partition gets its own answer: its outcomes written, or `Fenced` for it alone; a
 //!   failure of the whole write (transient, a lost or late answer, an ambiguous commit) is the
 //!   answer of every partition in it, each of which writes its outcomes again (a rewrite skips
@@ -98,15 +99,15 @@ impl Outbox {
     }
 
     /// The letters of the next write: the oldest first, as many as fit in
-    /// [`MAX_TASK_BATCH`] rows (at least one); none when the outbox is empty, and then the
-    /// sender stops.
+    /// [`MAX_TASK_BATCH`] rows and partitions (at least one); none when the outbox is empty,
+    /// and then the sender stops.
     fn next_batch(&self) -> Vec<Letter> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows = 0;
         let mut batch = Vec::new();
         while let Some(letter) = queue.letters.front() {
             let len = letter.outcomes.len();
-            if !batch.is_empty() && rows + len > MAX_TASK_BATCH {
+            if !batch.is_empty() && (rows + len > MAX_TASK_BATCH || batch.len() == MAX_TASK_BATCH) {
                 break;
             }
             rows += len;
