@@ -854,3 +854,40 @@ async fn a_hung_coalesced_write_stops_only_its_own_partitions() {
     let late = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
     wait_state(&cluster, &client, late, TaskState::Done).await;
 }
+
+/// In one coalesced write, a partition whose fence no longer holds (it was released behind
+/// the worker's back) is refused alone: its runner ends and writes nothing, while the other
+/// partition's outcome commits and that partition goes on. The released partition's task runs
+/// again under its next grant.
+#[actix::test]
+async fn a_fenced_partition_in_a_coalesced_write_ends_only_its_own_runner() {
+    let (mut cluster, queue, client) = cluster(2).await;
+    let lost = enqueue(&client, TaskSpec::new("wait").partition(0).max_attempts(5)).await;
+    let kept = enqueue(&client, TaskSpec::new("wait").partition(1).max_attempts(5)).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    for id in [lost, kept] {
+        wait_state(&cluster, &client, id, TaskState::Running).await;
+    }
+    let rows = cluster.store().assignments(queue.id).await.expect("rows").rows;
+    let epoch = rows[0].epoch;
+    cluster.store().release_partition(queue.id, PartitionId(0), worker.id(), epoch).await.expect("release");
+    let writes = worker.link().calls("record_task_outcomes");
+    recorder.release.notify_waiters();
+    wait_state(&cluster, &client, kept, TaskState::Done).await;
+    assert_eq!(worker.link().calls("record_task_outcomes"), writes + 1, "both outcomes in one write");
+    let task = client.task(lost).await.expect("task");
+    assert_eq!((task.state, task.claimed_epoch), (TaskState::Running, Some(epoch)), "{task:?}");
+    let next = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, next, TaskState::Done).await;
+    // Granted again, partition 0 recovers the lost task and runs it again.
+    let again = cluster.wait_until(LIMIT, || async { recorder.runs_of(lost).len() == 2 }).await;
+    assert!(again, "{:?}", recorder.runs_of(lost));
+    recorder.release.notify_waiters();
+    wait_state(&cluster, &client, lost, TaskState::Done).await;
+    let task = client.task(lost).await.expect("task");
+    assert_eq!(task.attempts, 2, "{task:?}");
+    assert!(task.claimed_epoch > Some(epoch), "{task:?}");
+}
