@@ -59,8 +59,8 @@ use helix_store::{
     WorkerLease, WorkerRecord, WorkerRegistration, WorkerStatus,
 };
 use helix_store::{
-    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
-    TaskRecord, TaskRecovery, TaskRetry, TaskState,
+    CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
+    TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -310,6 +310,10 @@ pub mod msg {
         FailTasks { fence: OwnerFence, failures: Vec<TaskFailure> } -> TaskBatchOutcome = fail_tasks(&fence, &failures);
         /// Puts tasks back for later, fenced by epoch: [`Store::retry_tasks_later`].
         RetryTasksLater { fence: OwnerFence, retries: Vec<TaskRetry> } -> TaskBatchOutcome = retry_tasks_later(&fence, &retries);
+        /// Records the outcomes of many partitions in one transaction, each fenced by its
+        /// epoch: [`Store::record_task_outcomes`].
+        RecordTaskOutcomes { batches: Vec<PartitionOutcomes> } -> Vec<StoreResult<TaskBatchOutcome>>
+            = record_task_outcomes(&batches);
         /// Extends running attempts, fenced by epoch: [`Store::extend_tasks`].
         ExtendTasks { fence: OwnerFence, ids: Vec<TaskId>, by: Duration } -> TaskBatchOutcome = extend_tasks(&fence, &ids, by);
         /// Cancels a task: [`Store::cancel_task`].
@@ -551,6 +555,12 @@ impl Store for StoreHandle {
         retries: &[TaskRetry],
     ) -> StoreResult<TaskBatchOutcome> {
         self.call(msg::RetryTasksLater { fence: *fence, retries: retries.to_vec() }).await
+    }
+    async fn record_task_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>> {
+        self.call(msg::RecordTaskOutcomes { batches: batches.to_vec() }).await
     }
     async fn extend_tasks(
         &self,

@@ -28,8 +28,8 @@ use helix_store::{
     StoreResult, Subscription, WorkerFilter, WorkerLease, WorkerRecord, WorkerRegistration, WorkerStatus,
 };
 use helix_store::{
-    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
-    TaskRecord, TaskRecovery, TaskRetry, TaskState,
+    CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
+    TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
 use tokio::time::Instant;
 
@@ -119,6 +119,8 @@ pub struct CutOffStore {
     faults: Arc<Mutex<BTreeMap<&'static str, VecDeque<CallFault>>>>,
     /// Per task method: the calls under way, and the most ever under way at once.
     in_flight: Arc<Mutex<BTreeMap<&'static str, (usize, usize)>>>,
+    /// Per task method: how many calls were made.
+    made: Arc<Mutex<BTreeMap<&'static str, usize>>>,
 }
 
 /// One task call under way through a [`CutOffStore`], counted until dropped.
@@ -142,8 +144,9 @@ pub enum CallFault {
     /// The call reaches the store and commits, then its answer is lost: the caller gets
     /// [`StoreError::Unavailable`], as when the connection dies between the commit and the
     /// reply. Only the task methods that write (`enqueue_task`, `enqueue_tasks`,
-    /// `claim_tasks`, `complete_tasks`, `fail_tasks`, `retry_tasks_later`, `extend_tasks`,
-    /// `recover_partition_tasks`) take it; on others it stays queued.
+    /// `claim_tasks`, `complete_tasks`, `fail_tasks`, `retry_tasks_later`,
+    /// `record_task_outcomes`, `extend_tasks`, `recover_partition_tasks`) take it; on others
+    /// it stays queued.
     LoseAnswer,
     /// The call is answered with this error without reaching the store.
     Refuse(StoreError),
@@ -175,7 +178,14 @@ impl CutOffStore {
             first_hung: Arc::default(),
             faults: Arc::default(),
             in_flight: Arc::default(),
+            made: Arc::default(),
         }
+    }
+
+    /// How many calls of the task method named `method` (`"record_task_outcomes"`, say) were
+    /// made through this link so far, whatever became of them.
+    pub fn calls(&self, method: &'static str) -> usize {
+        self.made.lock().unwrap_or_else(PoisonError::into_inner).get(method).copied().unwrap_or(0)
     }
 
     /// The most calls of the task method named `method` (`"claim_tasks"`, say) that were ever
@@ -189,6 +199,7 @@ impl CutOffStore {
         let (now, peak) = in_flight.entry(method).or_default();
         *now += 1;
         *peak = (*peak).max(*now);
+        *self.made.lock().unwrap_or_else(PoisonError::into_inner).entry(method).or_default() += 1;
         CallUnderWay { in_flight: Arc::clone(&self.in_flight), method }
     }
 
@@ -513,6 +524,15 @@ impl Store for CutOffStore {
         let lose = self.next_fault("retry_tasks_later", true).is_some();
         let result = self.link("retry_tasks_later", None).await?.retry_tasks_later(fence, retries).await;
         Self::answer("retry_tasks_later", lose, result)
+    }
+    async fn record_task_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>> {
+        let _call = self.enter("record_task_outcomes");
+        let lose = self.next_fault("record_task_outcomes", true).is_some();
+        let result = self.link("record_task_outcomes", None).await?.record_task_outcomes(batches).await;
+        Self::answer("record_task_outcomes", lose, result)
     }
     async fn extend_tasks(
         &self,

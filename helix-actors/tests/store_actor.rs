@@ -20,8 +20,8 @@ use helix_store::{
     WorkerLease, WorkerRecord, WorkerRegistration, WorkerStatus,
 };
 use helix_store::{
-    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
-    TaskRecord, TaskRecovery, TaskRetry, TaskState,
+    CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
+    TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -334,6 +334,12 @@ impl Store for Gated {
         retries: &[TaskRetry],
     ) -> StoreResult<TaskBatchOutcome> {
         self.inner.retry_tasks_later(fence, retries).await
+    }
+    async fn record_task_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>> {
+        self.inner.record_task_outcomes(batches).await
     }
     async fn extend_tasks(
         &self,

@@ -499,7 +499,7 @@ async fn the_tasks_of_a_claim_whose_answer_was_lost_are_recovered_and_run() {
 async fn an_outcome_write_whose_answer_was_lost_never_lands_on_a_newer_attempt() {
     let Running { cluster, client, recorder, worker, .. } =
         running_worker(TaskPolicy { store_retry: Duration::from_secs(5), ..TaskPolicy::default() }).await;
-    worker.link().inject("fail_tasks", CallFault::LoseAnswer, 1);
+    worker.link().inject("record_task_outcomes", CallFault::LoseAnswer, 1);
     let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
     wait_state(&cluster, &client, id, TaskState::Done).await;
     let task = client.task(id).await.expect("task");
@@ -527,7 +527,7 @@ async fn a_refused_claim_is_tried_again() {
 async fn a_write_that_outlives_its_bound_still_ends_before_the_next_call() {
     let Running { cluster, client, recorder, worker, .. } =
         running_worker(TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() }).await;
-    worker.link().inject("fail_tasks", CallFault::Delay(Duration::from_secs(15)), 1);
+    worker.link().inject("record_task_outcomes", CallFault::Delay(Duration::from_secs(15)), 1);
     let id = enqueue(&client, TaskSpec::new("again").max_attempts(5)).await;
     wait_state(&cluster, &client, id, TaskState::Done).await;
     let runs = recorder.runs_of(id);
@@ -653,7 +653,7 @@ async fn a_dropped_runners_late_write_lands_before_the_next_runner_claims() {
     // Late in the drain, the gated attempts fail; their writes are held up for 8 s on the way,
     // past the drain's cut and the partition's next run at the same epoch.
     cluster.advance(Duration::from_secs(8)).await;
-    owner.link().inject("fail_tasks", CallFault::Delay(Duration::from_secs(8)), 2);
+    owner.link().inject("record_task_outcomes", CallFault::Delay(Duration::from_secs(8)), 2);
     recorder.gate.notify_waiters();
     wait_all_finished(&cluster, &client, &late).await;
     for id in late {
@@ -724,8 +724,170 @@ async fn a_workers_task_operations_use_the_store_at_most_store_concurrency_at_on
     let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
     worker.link().inject("claim_tasks", CallFault::Delay(Duration::from_secs(1)), 16);
     wait_all_finished(&cluster, &client, &ids).await;
-    for method in ["recover_partition_tasks", "claim_tasks", "complete_tasks"] {
+    for method in ["recover_partition_tasks", "claim_tasks", "record_task_outcomes"] {
         let peak = worker.link().peak_calls(method);
         assert!((1..=2).contains(&peak), "{method}: {peak} calls at once");
     }
+}
+
+/// How many store calls wrote outcomes through `worker`'s link, by any write method.
+fn outcome_writes(worker: &SimWorker) -> usize {
+    ["record_task_outcomes", "complete_tasks", "fail_tasks", "retry_tasks_later"]
+        .into_iter()
+        .map(|method| worker.link().calls(method))
+        .sum()
+}
+
+/// The outcomes of many partitions of one worker go to the store together: far fewer
+/// writes than partitions, each write of one worker at a time, and every task done once.
+#[actix::test]
+async fn many_partitions_outcomes_are_written_in_few_store_calls() {
+    let (mut cluster, queue, client) = cluster(32).await;
+    let mut ids = Vec::new();
+    for partition in 0..32 {
+        for _ in 0..4 {
+            ids.push(enqueue(&client, TaskSpec::new("ok").partition(partition)).await);
+        }
+    }
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    wait_all_finished(&cluster, &client, &ids).await;
+    let writes = outcome_writes(&worker);
+    assert!(writes <= 8, "{writes} writes for 32 partitions");
+    assert_eq!(worker.link().peak_calls("record_task_outcomes"), 1, "one coalesced write at a time");
+    assert_eq!(recorder.runs().len(), ids.len(), "each task ran once");
+}
+
+/// A worker of `partitions` partitions with one `payload` task in each, enqueued before it
+/// starts (so that they run and finish together), under `policy`; faults of its link are
+/// injected by `faults` before it starts.
+async fn together(
+    partitions: u32,
+    payload: &str,
+    policy: TaskPolicy,
+    faults: impl FnOnce(&SimWorker),
+) -> (SimCluster, Client, Recorder, SimWorker, Vec<TaskId>) {
+    let (mut cluster, queue, client) = cluster(u64::from(partitions)).await;
+    let mut ids = Vec::new();
+    for partition in 0..partitions {
+        ids.push(enqueue(&client, TaskSpec::new(payload).partition(partition).max_attempts(5)).await);
+    }
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, policy);
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    faults(&worker);
+    cluster.add_coordinator();
+    (cluster, client, recorder, worker, ids)
+}
+
+/// A coalesced write whose answer is lost (it committed) is written again by every partition
+/// in it before any of them claims: the rewrite skips what was written, and no outcome lands
+/// on a newer attempt (each failed first attempt is due again at once).
+#[actix::test]
+async fn a_lost_answer_of_a_coalesced_write_is_written_again_by_each_of_its_partitions() {
+    let policy = TaskPolicy { store_retry: Duration::from_secs(5), ..TaskPolicy::default() };
+    let (cluster, client, recorder, worker, ids) = together(8, "again", policy, |worker| {
+        worker.link().inject("record_task_outcomes", CallFault::LoseAnswer, 1);
+    })
+    .await;
+    wait_all_finished(&cluster, &client, &ids).await;
+    for id in &ids {
+        let runs = recorder.runs_of(*id);
+        assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2], "{runs:?}");
+        let task = client.task(*id).await.expect("task");
+        assert_eq!((task.state, task.attempts), (TaskState::Done, 2), "{task:?}");
+        assert!(
+            runs[1].at - runs[0].at >= Duration::from_secs(5),
+            "claimed again only after the rewrite: {runs:?}"
+        );
+    }
+    assert!(outcome_writes(&worker) <= 4, "{} writes", outcome_writes(&worker));
+}
+
+/// A coalesced write refused as a whole (a transient failure) is a failure for every
+/// partition in it, never a silent success: each writes its outcomes again, and every task
+/// completes once.
+#[actix::test]
+async fn a_refused_coalesced_write_is_written_again_by_each_of_its_partitions() {
+    let down = StoreError::Transient("deadlock found when trying to get lock".to_owned());
+    let (cluster, client, recorder, worker, ids) = together(8, "ok", TaskPolicy::default(), |worker| {
+        worker.link().inject("record_task_outcomes", CallFault::Refuse(down), 2);
+    })
+    .await;
+    wait_all_finished(&cluster, &client, &ids).await;
+    for id in &ids {
+        let task = client.task(*id).await.expect("task");
+        assert_eq!((task.state, task.attempts), (TaskState::Done, 1), "{task:?}");
+        assert_eq!(recorder.runs_of(*id).len(), 1);
+    }
+    assert!(worker.link().calls("record_task_outcomes") >= 3, "the refused writes were sent again");
+}
+
+/// A coalesced write that never ends stops the partitions in it on this worker (their next
+/// calls wait for it), but not the worker's other partitions: past `store_timeout` the next
+/// coalesced write goes.
+#[actix::test]
+async fn a_hung_coalesced_write_stops_only_its_own_partitions() {
+    let policy = TaskPolicy { store_timeout: Duration::from_secs(5), ..TaskPolicy::default() };
+    let (mut cluster, queue, client) = cluster(2).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, policy);
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let first = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, first, TaskState::Done).await;
+    // Partition 0's write hangs.
+    worker.link().inject("record_task_outcomes", CallFault::Hang, 1);
+    let stuck = enqueue(&client, TaskSpec::new("ok").partition(0)).await;
+    assert!(
+        cluster.wait_until(LIMIT, || async { !recorder.runs_of(stuck).is_empty() }).await,
+        "the task ran"
+    );
+    let behind = enqueue(&client, TaskSpec::new("ok").partition(0)).await;
+    let other = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, other, TaskState::Done).await;
+    cluster.advance(Duration::from_secs(30)).await;
+    assert_eq!(state(&client, stuck).await, TaskState::Running, "its write never reached the store");
+    assert_eq!(state(&client, behind).await, TaskState::Pending, "no claim while the write is owed");
+    let late = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, late, TaskState::Done).await;
+}
+
+/// In one coalesced write, a partition whose fence no longer holds (it was released behind
+/// the worker's back) is refused alone: its runner ends and writes nothing, while the other
+/// partition's outcome commits and that partition goes on. The released partition's task runs
+/// again under its next grant.
+#[actix::test]
+async fn a_fenced_partition_in_a_coalesced_write_ends_only_its_own_runner() {
+    let (mut cluster, queue, client) = cluster(2).await;
+    let lost = enqueue(&client, TaskSpec::new("wait").partition(0).max_attempts(5)).await;
+    let kept = enqueue(&client, TaskSpec::new("wait").partition(1).max_attempts(5)).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default());
+    cluster.add_coordinator();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    for id in [lost, kept] {
+        wait_state(&cluster, &client, id, TaskState::Running).await;
+    }
+    let rows = cluster.store().assignments(queue.id).await.expect("rows").rows;
+    let epoch = rows[0].epoch;
+    cluster.store().release_partition(queue.id, PartitionId(0), worker.id(), epoch).await.expect("release");
+    let writes = worker.link().calls("record_task_outcomes");
+    recorder.release.notify_waiters();
+    wait_state(&cluster, &client, kept, TaskState::Done).await;
+    assert_eq!(worker.link().calls("record_task_outcomes"), writes + 1, "both outcomes in one write");
+    let task = client.task(lost).await.expect("task");
+    assert_eq!((task.state, task.claimed_epoch), (TaskState::Running, Some(epoch)), "{task:?}");
+    let next = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, next, TaskState::Done).await;
+    // Granted again, partition 0 recovers the lost task and runs it again.
+    let again = cluster.wait_until(LIMIT, || async { recorder.runs_of(lost).len() == 2 }).await;
+    assert!(again, "{:?}", recorder.runs_of(lost));
+    recorder.release.notify_waiters();
+    wait_state(&cluster, &client, lost, TaskState::Done).await;
+    let task = client.task(lost).await.expect("task");
+    assert_eq!(task.attempts, 2, "{task:?}");
+    assert!(task.claimed_epoch > Some(epoch), "{task:?}");
 }

@@ -704,6 +704,12 @@ impl Store for MemStore {
     ) -> StoreResult<TaskBatchOutcome> {
         self.tasks_extend(fence, ids, by)
     }
+    async fn record_task_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>> {
+        self.tasks_record_outcomes(batches)
+    }
     async fn cancel_task(&self, id: TaskId) -> StoreResult<CancelOutcome> {
         self.tasks_cancel(id)
     }

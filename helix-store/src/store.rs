@@ -16,8 +16,8 @@ use crate::model::{
     WorkerRegistration, WorkerStatus,
 };
 use crate::tasks::{
-    CancelOutcome, Enqueued, NewTask, OwnerFence, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
-    TaskRecord, TaskRecovery, TaskRetry, TaskState,
+    CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
+    TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
 
 /// Everything Helix keeps in its database, behind one async interface that the MySQL, SQLite
@@ -261,6 +261,34 @@ pub trait Store: Send + Sync + 'static {
         fence: &OwnerFence,
         retries: &[TaskRetry],
     ) -> StoreResult<TaskBatchOutcome>;
+    /// Records the outcomes of many partitions' attempts in **one transaction**: the coalesced
+    /// form of [`Store::complete_tasks`], [`Store::fail_tasks`] and
+    /// [`Store::retry_tasks_later`], for a worker that writes what its partitions finished
+    /// together (one commit instead of up to three per partition).
+    ///
+    /// Each partition's fence is checked in the transaction as those operations check it
+    /// (`owner = worker AND epoch = epoch`, not `FAILED`; the assignment rows locked in share
+    /// mode on MySQL). The answer has one entry per partition, in order: `Ok` with the tasks
+    /// written and skipped, or `Err(Fenced)` for a partition whose fence no longer holds —
+    /// nothing of that partition is written, and the others are. Within a partition, the
+    /// same rules as the single-kind writes hold: only tasks of that queue and partition,
+    /// claimed under the fence's epoch and still `RUNNING` (or `CANCELLING`: they end
+    /// `CANCELLED`) are written; any other id is skipped and left alone, so writing the same
+    /// outcomes again changes nothing (a rewrite after a lost answer is safe). A task listed
+    /// twice counts once (see [`PartitionOutcomes`]).
+    ///
+    /// # Errors
+    /// The whole call (no partition written): [`StoreError::Invalid`](crate::StoreError::Invalid)
+    /// for input refused by [`crate::rules::tasks::validate_outcomes`] (more than
+    /// [`MAX_TASK_BATCH`](crate::MAX_TASK_BATCH) partitions or task rows in all, a partition
+    /// listed twice, a delay over [`MAX_SCHEDULE_AHEAD`](crate::MAX_SCHEDULE_AHEAD)); a
+    /// transient or database failure. On MySQL a failure of the commit itself is not tried
+    /// again and answers [`StoreError::Unavailable`](crate::StoreError::Unavailable): the
+    /// outcomes may or may not have been written, and the caller writes them again.
+    async fn record_task_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>>;
     /// Moves the deadline of running attempts to now + `by`, fenced as
     /// [`Store::complete_tasks`]. A task cancelled while running is answered `CANCELLING`:
     /// the owner should stop it. `Invalid` for `by` over

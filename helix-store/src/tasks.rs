@@ -32,7 +32,9 @@ pub const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3_600);
 /// How far ahead of the store's now a task may be scheduled (and the longest retry delay):
 /// ten years. Anything later is taken for a mistake (a timestamp in the wrong unit).
 pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(3_650 * 86_400);
-/// The most tasks one batch (an enqueue, a claim, an owner write) may carry.
+/// The most tasks one batch (an enqueue, a claim, an owner write) may carry; also the most
+/// task rows one [`Store::record_task_outcomes`](crate::Store::record_task_outcomes) call
+/// writes across all its partitions, so that one transaction stays short.
 pub const MAX_TASK_BATCH: usize = 10_000;
 
 /// A task's id: sequential per store, never reused (MySQL's `AUTO_INCREMENT`, persisted
@@ -284,6 +286,54 @@ pub struct TaskRetry {
     pub id: TaskId,
     /// When to try again, from the store's now; at most [`MAX_SCHEDULE_AHEAD`].
     pub delay: Duration,
+}
+
+/// The outcomes of one partition's finished attempts, written by
+/// [`Store::record_task_outcomes`](crate::Store::record_task_outcomes) together with those of
+/// other partitions of the same worker.
+///
+/// A task listed more than once counts once, by its first listing in the order completed,
+/// failed, retried later (the order the single-kind writes would run in); the others are
+/// answered as skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOutcomes {
+    /// The owner's claim to the partition, checked as
+    /// [`Store::complete_tasks`](crate::Store::complete_tasks) checks it.
+    pub fence: OwnerFence,
+    /// Tasks to complete, as [`Store::complete_tasks`](crate::Store::complete_tasks).
+    pub completed: Vec<TaskId>,
+    /// Failed attempts, as [`Store::fail_tasks`](crate::Store::fail_tasks).
+    pub failed: Vec<TaskFailure>,
+    /// Tasks to put back for later, as
+    /// [`Store::retry_tasks_later`](crate::Store::retry_tasks_later).
+    pub retried_later: Vec<TaskRetry>,
+}
+
+impl PartitionOutcomes {
+    /// No outcome yet for the partition of `fence`.
+    pub fn new(fence: OwnerFence) -> Self {
+        Self { fence, completed: Vec::new(), failed: Vec::new(), retried_later: Vec::new() }
+    }
+
+    /// How many task rows the outcomes name (repeats included): what counts towards
+    /// [`MAX_TASK_BATCH`].
+    pub fn len(&self) -> usize {
+        self.completed.len() + self.failed.len() + self.retried_later.len()
+    }
+
+    /// Whether there is no outcome.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every task id named, in the order completed, failed, retried later.
+    pub fn ids(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.completed
+            .iter()
+            .copied()
+            .chain(self.failed.iter().map(|f| f.id))
+            .chain(self.retried_later.iter().map(|r| r.id))
+    }
 }
 
 /// The answer to an owner's batch write (complete, fail, retry-later, extend).

@@ -14,8 +14,10 @@
 //!    claim's transaction;
 //! 3. runs each under its timeout, with panics caught, polled only while the ownership holds;
 //! 4. records the outcomes in batches (done, failed with backoff and jitter or dead, snoozed),
-//!    each write fenced by `owner = me AND epoch = E`: an owner that lost the partition
-//!    records nothing, and the next owner runs the task again;
+//!    each partition's fenced by `owner = me AND epoch = E`: an owner that lost the partition
+//!    records nothing, and the next owner runs the task again. The worker writes the outcomes
+//!    of many partitions together: one transaction ([`Store::record_task_outcomes`]) for all
+//!    that finished while its previous write was under way;
 //! 5. on a revocation, takes no new tasks and finishes those in flight before the handoff.
 //!
 //! Idle partitions do not poll: one poll per worker and poll interval reads the next due time
@@ -62,6 +64,7 @@
 //! ```
 
 mod handler;
+mod outbox;
 mod policy;
 mod runner;
 
@@ -174,7 +177,7 @@ impl TaskQueues {
         store: Arc<dyn Store>,
         other: Option<HandlerFactory>,
     ) -> (HandlerFactory, impl Future<Output = ()> + Send + 'static) {
-        let registry = runner::Registry::new(self.store_concurrency);
+        let registry = runner::Registry::new(Arc::clone(&store), self.store_concurrency);
         let poll = runner::poll(Arc::clone(&store), Arc::downgrade(&registry), self.poll_interval);
         let queues = self.queues.clone();
         let factory: HandlerFactory = Arc::new(move |ctx: &PartitionContext| match queues.get(&ctx.queue) {

@@ -20,14 +20,15 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use helix_core::{PartitionId, QueueId};
 use helix_store::{
-    MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, OwnerFence, Store, StoreError, StoreResult, TaskFailure, TaskId,
-    TaskRecord, TaskRecovery, TaskRetry,
+    MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, OwnerFence, PartitionOutcomes, Store, StoreError, StoreResult,
+    TaskBatchOutcome, TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry,
 };
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::handler::{TaskContext, TaskHandler, TaskOutcome};
+use super::outbox::Outbox;
 use super::policy::{MAX_IN_FLIGHT, TaskPolicy};
 use crate::worker::{HandlerError, PartitionContext, PartitionHandler, PartitionKey, panic_message};
 
@@ -46,6 +47,8 @@ pub(crate) struct Registry {
     /// `TaskQueues::store_concurrency`): the rest of the worker's pool stays free for its
     /// session's heartbeats and polls.
     permits: Arc<tokio::sync::Semaphore>,
+    /// The partitions' writes of outcomes, coalesced (under the same permits).
+    outbox: Arc<Outbox>,
 }
 
 /// What one partition of this worker shares with the poller and with its next incarnation.
@@ -65,13 +68,16 @@ pub(crate) struct Slot {
 
 impl Registry {
     /// A registry whose partitions run at most `store_concurrency` store operations at once
-    /// (at least 1; `TaskQueues::store_concurrency` bounds it).
-    pub(crate) fn new(store_concurrency: usize) -> Arc<Self> {
+    /// (at least 1; `TaskQueues::store_concurrency` bounds it) on `store`, their writes of
+    /// outcomes coalesced.
+    pub(crate) fn new(store: Arc<dyn Store>, store_concurrency: usize) -> Arc<Self> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(store_concurrency.max(1)));
         Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
             origin: Instant::now(),
             offset_ms: Mutex::new(None),
-            permits: Arc::new(tokio::sync::Semaphore::new(store_concurrency.max(1))),
+            outbox: Outbox::new(store, Arc::clone(&permits)),
+            permits,
         })
     }
 
@@ -230,6 +236,7 @@ impl PartitionHandler for TaskPartition {
             store: Arc::clone(&self.store),
             slot: Arc::clone(&slot),
             permits: Arc::clone(&self.registry.permits),
+            outbox: Arc::clone(&self.registry.outbox),
             bound: self.policy.store_timeout,
         };
         let run = Loop {
@@ -269,11 +276,14 @@ fn log_recovery(fence: &OwnerFence, recovery: &TaskRecovery) {
 /// partition's call lock ([`Slot::calls`]), until the store operation has ended: a runner
 /// dropped mid-call (the ownership ended) still holds the lock until then. The caller waits
 /// at most the policy's `store_timeout` for the answer; past it the call counts as failed
-/// without an answer, and the lock is still held until the operation ends.
+/// without an answer, and the lock is still held until the operation ends. Writes of
+/// outcomes go through the worker's [`Outbox`], which keeps the same rules for the
+/// coalesced write that carries them.
 struct Calls {
     store: Arc<dyn Store>,
     slot: Arc<Slot>,
     permits: Arc<tokio::sync::Semaphore>,
+    outbox: Arc<Outbox>,
     bound: Duration,
 }
 
@@ -331,6 +341,11 @@ impl Calls {
     fn claim(&self, fence: OwnerFence, limit: u32) -> LocalBoxFuture<'static, StoreResult<Vec<TaskRecord>>> {
         let store = Arc::clone(&self.store);
         self.call("claiming tasks", true, async move { store.claim_tasks(&fence, limit).await })
+    }
+
+    /// Writes outcomes, coalesced with other partitions' (see [`Outbox`]).
+    fn write(&self, outcomes: PartitionOutcomes) -> LocalBoxFuture<'static, StoreResult<TaskBatchOutcome>> {
+        self.outbox.post(Arc::clone(&self.slot.calls), outcomes, self.bound)
     }
 }
 
@@ -530,46 +545,32 @@ impl Loop {
         .boxed_local()
     }
 
-    /// Records a batch of outcomes (at most [`MAX_TASK_BATCH`]) in one store call: at most one
-    /// write per kind (completions, failures, snoozes), each epoch-fenced. Delays are cut to
+    /// Records a batch of outcomes (at most [`MAX_TASK_BATCH`]) in one epoch-fenced write,
+    /// coalesced with other partitions' by the worker's [`Outbox`]. Delays are cut to
     /// [`MAX_SCHEDULE_AHEAD`].
     fn flush(&self, batch: Vec<Finished>) -> LocalBoxFuture<'static, Answer> {
-        let mut done = Vec::new();
-        let mut failures = Vec::new();
-        let mut snoozes = Vec::new();
+        let mut outcomes = PartitionOutcomes::new(self.fence);
         // The delays of the tasks put back for later, each a due-time hint once written.
         let mut delays: BTreeSet<Duration> = BTreeSet::new();
         for f in &batch {
             match &f.outcome {
-                TaskOutcome::Done => done.push(f.id),
+                TaskOutcome::Done => outcomes.completed.push(f.id),
                 TaskOutcome::Retry { error, delay } => {
                     let delay =
                         delay.unwrap_or_else(|| self.policy.backoff_for(f.attempt)).min(MAX_SCHEDULE_AHEAD);
                     delays.insert(delay);
-                    failures.push(TaskFailure::retry(f.id, error.clone(), delay));
+                    outcomes.failed.push(TaskFailure::retry(f.id, error.clone(), delay));
                 }
-                TaskOutcome::Fail(error) => failures.push(TaskFailure::dead(f.id, error.clone())),
+                TaskOutcome::Fail(error) => outcomes.failed.push(TaskFailure::dead(f.id, error.clone())),
                 TaskOutcome::Snooze(delay) => {
                     let delay = (*delay).min(MAX_SCHEDULE_AHEAD);
                     delays.insert(delay);
-                    snoozes.push(TaskRetry { id: f.id, delay });
+                    outcomes.retried_later.push(TaskRetry { id: f.id, delay });
                 }
             }
         }
-        let (store, fence) = (Arc::clone(&self.calls.store), self.fence);
-        let written = self.calls.call("recording task outcomes", false, async move {
-            // Each write skips the tasks an earlier try of this batch already wrote.
-            if !done.is_empty() {
-                store.complete_tasks(&fence, &done).await?;
-            }
-            if !failures.is_empty() {
-                store.fail_tasks(&fence, &failures).await?;
-            }
-            if !snoozes.is_empty() {
-                store.retry_tasks_later(&fence, &snoozes).await?;
-            }
-            Ok(delays)
-        });
-        written.map(move |result| Answer::Flushed { batch, result }).boxed_local()
+        // The write skips the tasks an earlier try of this batch already wrote.
+        let written = self.calls.write(outcomes);
+        written.map(move |result| Answer::Flushed { batch, result: result.map(|_| delays) }).boxed_local()
     }
 }

@@ -12,8 +12,9 @@ use super::{
 };
 use crate::{
     CancelOutcome, CoordinatorFence, Enqueued, MAX_ATTEMPTS_LIMIT, MAX_DEDUP_KEY_BYTES, MAX_LAST_ERROR_BYTES,
-    MAX_PAYLOAD_BYTES, MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, NewTask, OwnerFence, PlanChange, QueueRecord,
-    RunAt, Store, StoreError, TaskCount, TaskFailure, TaskId, TaskRetry, TaskState,
+    MAX_PAYLOAD_BYTES, MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, NewTask, OwnerFence, PartitionOutcomes,
+    PlanChange, QueueRecord, RunAt, Store, StoreError, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
+    TaskRetry, TaskState,
 };
 
 /// Instantiates every task conformance case as a `#[tokio::test]` for the backend that
@@ -41,6 +42,11 @@ macro_rules! task_conformance_tests {
             tasks_list_pages_by_id,
             tasks_prune_removes_old_finished_tasks,
             tasks_large_batches_are_written_whole,
+            tasks_outcomes_of_many_partitions_commit_together,
+            tasks_outcomes_of_a_fenced_partition_are_refused_alone,
+            tasks_outcomes_touch_only_their_partitions_tasks_of_their_epoch,
+            tasks_outcomes_written_again_change_nothing,
+            tasks_outcomes_bad_input_is_refused_and_changes_nothing,
         );
     };
     (@cases $setup:expr; $($case:ident),* $(,)?) => {
@@ -730,4 +736,244 @@ pub async fn tasks_large_batches_are_written_whole(b: &dyn Backend) {
         (count(TaskState::Done), count(TaskState::Pending), count(TaskState::Running)),
         (1_200, 1_200, 0)
     );
+}
+
+// ---- outcomes of many partitions at once ----------------------------------------------------
+
+/// `partitions` partitions of a new queue granted to one worker (from epoch 0); their fences.
+async fn own_all(store: &dyn Store, s: &Setup, partitions: u32) -> Vec<OwnerFence> {
+    let (worker, _) = register(store, &[&s.queue], LONG).await;
+    let mut fences = Vec::new();
+    for p in 0..partitions {
+        fences.push(s.grant_to(store, p, 0, worker).await);
+    }
+    fences
+}
+
+/// Enqueues one task per payload in the fence's partition and claims them; their ids.
+async fn running(store: &dyn Store, s: &Setup, fence: &OwnerFence, payloads: &[&str]) -> Vec<TaskId> {
+    let mut out = Vec::new();
+    for payload in payloads {
+        let t = NewTask { max_attempts: 3, ..task(fence.partition.0, payload) };
+        out.push(enqueue(store, s, t).await);
+    }
+    let claimed = store.claim_tasks(fence, 100).await.expect("claim");
+    assert_eq!(ids(&claimed), out);
+    out
+}
+
+fn answered(answers: &[Result<TaskBatchOutcome, StoreError>], i: usize) -> TaskBatchOutcome {
+    answers[i].clone().unwrap_or_else(|e| panic!("partition {i}: {e}"))
+}
+
+/// One call records completions, failures and retries of several partitions of one worker,
+/// each as its single-kind write would; the answers come per partition, in order; a task
+/// listed twice counts once, by its first kind.
+pub async fn tasks_outcomes_of_many_partitions_commit_together(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 3).await;
+    let f = own_all(&*store, &s, 3).await;
+    let p0 = running(&*store, &s, &f[0], &["done", "failed", "twice"]).await;
+    let p1 = running(&*store, &s, &f[1], &["later"]).await;
+    let p2 = running(&*store, &s, &f[2], &["done", "dead"]).await;
+    let hour = Duration::from_secs(3_600);
+    let batches = vec![
+        PartitionOutcomes {
+            completed: vec![p0[0], p0[2]],
+            failed: vec![TaskFailure::retry(p0[1], "boom", hour), TaskFailure::dead(p0[2], "listed twice")],
+            ..PartitionOutcomes::new(f[0])
+        },
+        PartitionOutcomes {
+            retried_later: vec![TaskRetry { id: p1[0], delay: hour * 2 }],
+            ..PartitionOutcomes::new(f[1])
+        },
+        PartitionOutcomes {
+            completed: vec![p2[0]],
+            failed: vec![TaskFailure::dead(p2[1], "bad input")],
+            ..PartitionOutcomes::new(f[2])
+        },
+    ];
+    let answers = store.record_task_outcomes(&batches).await.expect("record");
+    assert_eq!(answers.len(), 3);
+    let a0 = answered(&answers, 0);
+    assert_eq!(
+        a0.applied,
+        vec![(p0[0], TaskState::Done), (p0[2], TaskState::Done), (p0[1], TaskState::Pending)]
+    );
+    assert_eq!(a0.skipped, Vec::<TaskId>::new(), "a repeat is neither written twice nor skipped");
+    assert_eq!(answered(&answers, 1).applied, vec![(p1[0], TaskState::Pending)]);
+    assert_eq!(answered(&answers, 2).applied, vec![(p2[0], TaskState::Done), (p2[1], TaskState::Dead)]);
+
+    let now = store.now().await.expect("now");
+    for id in [p0[0], p0[2], p2[0]] {
+        let t = store.get_task(id).await.expect("get");
+        assert_eq!((t.state, t.attempts), (TaskState::Done, 1), "{t:?}");
+        assert!(t.finished_at.is_some());
+    }
+    let failed = store.get_task(p0[1]).await.expect("get");
+    assert_eq!(
+        (failed.state, failed.attempts, failed.last_error.as_deref()),
+        (TaskState::Pending, 1, Some("boom"))
+    );
+    assert!(close(failed.run_at, now + hours(1)), "{failed:?}");
+    let later = store.get_task(p1[0]).await.expect("get");
+    assert_eq!((later.state, later.attempts, later.last_error.as_deref()), (TaskState::Pending, 0, None));
+    assert!(close(later.run_at, now + hours(2)), "{later:?}");
+    let dead = store.get_task(p2[1]).await.expect("get");
+    assert_eq!(
+        (dead.state, dead.attempts, dead.last_error.as_deref()),
+        (TaskState::Dead, 1, Some("bad input"))
+    );
+    assert!(store.record_task_outcomes(&[]).await.expect("nothing").is_empty());
+}
+
+/// A partition whose fence no longer holds (another epoch, released, owned by someone else,
+/// failed) is answered `Fenced` and nothing of it is written, while the other partitions of
+/// the same call commit; a REVOKING partition still records its outcomes.
+pub async fn tasks_outcomes_of_a_fenced_partition_are_refused_alone(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 6).await;
+    let f = own_all(&*store, &s, 6).await;
+    let mut tasks = Vec::new();
+    for fence in &f {
+        tasks.push(running(&*store, &s, fence, &["t"]).await[0]);
+    }
+    let (other, _) = register(&*store, &[&s.queue], LONG).await;
+    // 1: a stale epoch; 2: released; 3: another worker's fence; 4: revoking; 5: failed.
+    let stale = OwnerFence { epoch: Epoch(f[1].epoch.0 + 1), ..f[1] };
+    store.release_partition(s.queue.id, PartitionId(2), f[2].worker, f[2].epoch).await.expect("release");
+    let foreign = OwnerFence { worker: other, ..f[3] };
+    let revoke =
+        PlanChange::Revoke { partition: PartitionId(4), expected_epoch: f[4].epoch, to: Some(other) };
+    store.apply_plan(&s.coordinator, s.queue.id, &[revoke]).await.expect("revoke");
+    store
+        .fail_partition(s.queue.id, PartitionId(5), f[5].worker, f[5].epoch, &serde_json::json!({}))
+        .await
+        .expect("fail partition");
+    let fences = [f[0], stale, f[2], foreign, f[4], f[5]];
+    let batches: Vec<PartitionOutcomes> = fences
+        .iter()
+        .zip(&tasks)
+        .map(|(fence, id)| PartitionOutcomes { completed: vec![*id], ..PartitionOutcomes::new(*fence) })
+        .collect();
+    let answers = store.record_task_outcomes(&batches).await.expect("record");
+    assert_eq!(answered(&answers, 0).applied, vec![(tasks[0], TaskState::Done)]);
+    for (i, what) in
+        [(1, "a stale epoch"), (2, "a released partition"), (3, "another worker"), (5, "a failed partition")]
+    {
+        assert_fenced(answers[i].clone(), what);
+        assert_eq!(state(&*store, tasks[i]).await, TaskState::Running, "{what}: nothing written");
+    }
+    assert_eq!(answered(&answers, 4).applied, vec![(tasks[4], TaskState::Done)], "revoking may finish");
+    assert_eq!(state(&*store, tasks[0]).await, TaskState::Done);
+
+    // A call where no fence holds writes nothing and answers each.
+    let answers = store.record_task_outcomes(&batches[1..4]).await.expect("record");
+    assert!(answers.iter().all(|a| matches!(a, Err(StoreError::Fenced(_)))), "{answers:?}");
+}
+
+/// Under a partition, only its own tasks claimed under its epoch and still running are
+/// written: a task of another partition, one claimed under an older epoch, a pending one,
+/// an unknown id are skipped and left as they were.
+pub async fn tasks_outcomes_touch_only_their_partitions_tasks_of_their_epoch(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 2).await;
+    let f = own_all(&*store, &s, 2).await;
+    let old = running(&*store, &s, &f[0], &["older epoch"]).await[0];
+    // Partition 0 moves on to a new epoch of the same worker, its task left running.
+    let released =
+        store.release_partition(s.queue.id, PartitionId(0), f[0].worker, f[0].epoch).await.expect("release");
+    let now0 = s.grant_to(&*store, 0, released.0, f[0].worker).await;
+    let mine = running(&*store, &s, &now0, &["mine"]).await[0];
+    let pending = enqueue(&*store, &s, task(0, "pending")).await;
+    let elsewhere = running(&*store, &s, &f[1], &["partition 1"]).await[0];
+    let unknown = TaskId(pending.0 + 1_000);
+    let batch = PartitionOutcomes {
+        completed: vec![old, elsewhere, mine],
+        failed: vec![TaskFailure::dead(pending, "not running"), TaskFailure::dead(unknown, "unknown")],
+        retried_later: vec![TaskRetry { id: elsewhere, delay: Duration::ZERO }],
+        ..PartitionOutcomes::new(now0)
+    };
+    let answers = store.record_task_outcomes(&[batch]).await.expect("record");
+    let a = answered(&answers, 0);
+    assert_eq!(a.applied, vec![(mine, TaskState::Done)]);
+    assert_eq!(a.skipped, vec![old, elsewhere, pending, unknown]);
+    let t = store.get_task(old).await.expect("get");
+    assert_eq!((t.state, t.claimed_epoch), (TaskState::Running, Some(f[0].epoch)));
+    let t = store.get_task(elsewhere).await.expect("get");
+    assert_eq!((t.state, t.attempts), (TaskState::Running, 1));
+    let t = store.get_task(pending).await.expect("get");
+    assert_eq!((t.state, t.attempts, t.last_error), (TaskState::Pending, 0, None));
+}
+
+/// Writing the same outcomes again (a rewrite after a lost answer) changes nothing: every
+/// task is skipped, its state, due time and error stay as the first write left them.
+pub async fn tasks_outcomes_written_again_change_nothing(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 2).await;
+    let f = own_all(&*store, &s, 2).await;
+    let p0 = running(&*store, &s, &f[0], &["done", "failed"]).await;
+    let p1 = running(&*store, &s, &f[1], &["later"]).await;
+    let batches = vec![
+        PartitionOutcomes {
+            completed: vec![p0[0]],
+            failed: vec![TaskFailure::retry(p0[1], "boom", Duration::from_secs(60))],
+            ..PartitionOutcomes::new(f[0])
+        },
+        PartitionOutcomes {
+            retried_later: vec![TaskRetry { id: p1[0], delay: Duration::from_secs(120) }],
+            ..PartitionOutcomes::new(f[1])
+        },
+    ];
+    store.record_task_outcomes(&batches).await.expect("record");
+    let mut before = Vec::new();
+    for id in p0.iter().chain(&p1) {
+        before.push(store.get_task(*id).await.expect("get"));
+    }
+    let again = store.record_task_outcomes(&batches).await.expect("record again");
+    assert_eq!(answered(&again, 0), TaskBatchOutcome { applied: vec![], skipped: p0.clone() });
+    assert_eq!(answered(&again, 1), TaskBatchOutcome { applied: vec![], skipped: p1.clone() });
+    for (id, was) in p0.iter().chain(&p1).zip(before) {
+        assert_eq!(store.get_task(*id).await.expect("get"), was, "task {id} unchanged");
+    }
+}
+
+/// More than `MAX_TASK_BATCH` task rows in all (even spread over partitions under the limit
+/// each), a partition listed twice, or a delay past the limit refuse the whole call with
+/// `Invalid` and write nothing.
+pub async fn tasks_outcomes_bad_input_is_refused_and_changes_nothing(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 2).await;
+    let f = own_all(&*store, &s, 2).await;
+    let p0 = running(&*store, &s, &f[0], &["t"]).await[0];
+    let p1 = running(&*store, &s, &f[1], &["t"]).await[0];
+    let good =
+        |fence: OwnerFence, id| PartitionOutcomes { completed: vec![id], ..PartitionOutcomes::new(fence) };
+    let half = MAX_TASK_BATCH / 2 + 1;
+    let over = vec![
+        PartitionOutcomes { completed: vec![p0; half], ..PartitionOutcomes::new(f[0]) },
+        PartitionOutcomes { completed: vec![p1; half], ..PartitionOutcomes::new(f[1]) },
+    ];
+    assert_invalid(store.record_task_outcomes(&over).await, "rows over the limit in all");
+    assert_invalid(store.record_task_outcomes(&[good(f[0], p0), good(f[0], p0)]).await, "a partition twice");
+    let late = PartitionOutcomes {
+        failed: vec![TaskFailure::retry(p1, "late", MAX_SCHEDULE_AHEAD * 2)],
+        ..PartitionOutcomes::new(f[1])
+    };
+    assert_invalid(store.record_task_outcomes(&[good(f[0], p0), late]).await, "retry delay");
+    let later = PartitionOutcomes {
+        retried_later: vec![TaskRetry { id: p1, delay: MAX_SCHEDULE_AHEAD * 2 }],
+        ..PartitionOutcomes::new(f[1])
+    };
+    assert_invalid(store.record_task_outcomes(&[good(f[0], p0), later]).await, "retry-later delay");
+    for id in [p0, p1] {
+        assert_eq!(state(&*store, id).await, TaskState::Running, "nothing was written");
+    }
+    // The limit itself is allowed.
+    let at_limit = vec![
+        PartitionOutcomes { completed: vec![p0; MAX_TASK_BATCH / 2], ..PartitionOutcomes::new(f[0]) },
+        PartitionOutcomes { completed: vec![p1; MAX_TASK_BATCH / 2], ..PartitionOutcomes::new(f[1]) },
+    ];
+    let answers = store.record_task_outcomes(&at_limit).await.expect("at the limit");
+    assert_eq!(answered(&answers, 1).applied, vec![(p1, TaskState::Done)]);
 }

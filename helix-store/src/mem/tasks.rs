@@ -239,6 +239,28 @@ impl MemStore {
         })
     }
 
+    /// Every partition's outcomes under the store's one lock: atomic, as one transaction.
+    pub(super) fn tasks_record_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>> {
+        rules::validate_outcomes(batches)?;
+        let (mut s, now) = self.lock();
+        let mut answers = Vec::with_capacity(batches.len());
+        for batch in batches {
+            if let Err(fenced) = s.check_owner(&batch.fence, false) {
+                answers.push(Err(fenced));
+                continue;
+            }
+            let ids: Vec<TaskId> = batch.ids().collect();
+            let heads = s.tasks.heads(&batch.fence, &ids);
+            let (writes, answer) = rules::outcome_writes(batch, &heads, now);
+            s.tasks.apply(now, &writes);
+            answers.push(Ok(answer));
+        }
+        Ok(answers)
+    }
+
     pub(super) fn tasks_extend(
         &self,
         fence: &OwnerFence,

@@ -738,6 +738,18 @@ impl Store for MysqlStore {
         };
         run!(self, "retry_tasks_later", |conn| tx!(conn, tasks::owner_write(conn, fence, &ids, &decide)))
     }
+    async fn record_task_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>> {
+        rules::tasks::validate_outcomes(batches)?;
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Not tried again after a failed commit: the caller writes the outcomes again, which
+        // skips what an applied commit wrote.
+        run_once!(self, "record_task_outcomes", |conn| tasks::record_outcomes(conn, batches))
+    }
     async fn extend_tasks(
         &self,
         fence: &OwnerFence,

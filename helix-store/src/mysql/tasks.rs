@@ -155,6 +155,28 @@ impl HeadRow {
     }
 }
 
+/// A task's head with its queue and partition.
+#[derive(QueryableByName)]
+struct PlacedHeadRow {
+    #[diesel(sql_type = BigInt)]
+    queue_id: i64,
+    #[diesel(sql_type = Integer)]
+    partition_id: i32,
+    #[diesel(embed)]
+    head: HeadRow,
+}
+
+/// A partition whose owner's fence holds, and the store's now.
+#[derive(QueryableByName)]
+struct FenceRow {
+    #[diesel(sql_type = BigInt)]
+    queue_id: i64,
+    #[diesel(sql_type = Integer)]
+    partition_id: i32,
+    #[diesel(sql_type = Datetime)]
+    now: NaiveDateTime,
+}
+
 #[derive(QueryableByName)]
 struct ClockRow {
     #[diesel(sql_type = Datetime)]
@@ -571,6 +593,109 @@ pub(super) async fn owner_write(
     let writes: Vec<TaskWrite> = held.into_iter().map(|h| decide(h, now)).collect();
     apply(conn, now, &writes).await?;
     Ok(rules::outcome(&writes, skipped))
+}
+
+/// The fences one statement of [`record_outcomes`] checks (4 binds each).
+const FENCES_PER_STATEMENT: usize = 1_000;
+
+/// Checks the fences of `batches` (`owner = worker AND epoch = epoch`, not `FAILED`) in one
+/// statement per [`FENCES_PER_STATEMENT`], locking the rows that hold in share mode until
+/// commit (an `OR` of primary-key equalities: only those rows are read and locked); returns
+/// which hold, in order, and the store's now (`None` when none holds).
+async fn check_owners(
+    conn: &mut Conn,
+    batches: &[PartitionOutcomes],
+) -> Res<(Vec<bool>, Option<DateTime<Utc>>)> {
+    let mut holding = std::collections::BTreeSet::new();
+    let mut now = None;
+    for chunk in batches.chunks(FENCES_PER_STATEMENT) {
+        let terms = vec!["(queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ?)"; chunk.len()];
+        let sql = format!(
+            "SELECT queue_id, partition_id, NOW(6) AS now FROM helix_assignments WHERE ({}) AND state <> 'FAILED' \
+             LOCK IN SHARE MODE",
+            terms.join(" OR ")
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Mysql>();
+        for b in chunk {
+            // A fence no stored row can match (out of the columns' range) holds nowhere.
+            let (Ok(queue), Ok(partition), Ok(epoch)) =
+                (q_i64(b.fence.queue), p_i32(b.fence.partition), i64::try_from(b.fence.epoch.0))
+            else {
+                q = q
+                    .bind::<BigInt, _>(-1)
+                    .bind::<Integer, _>(-1)
+                    .bind::<Binary, _>(Vec::new())
+                    .bind::<BigInt, _>(-1);
+                continue;
+            };
+            q = q
+                .bind::<BigInt, _>(queue)
+                .bind::<Integer, _>(partition)
+                .bind::<Binary, _>(b.fence.worker.as_bytes().to_vec())
+                .bind::<BigInt, _>(epoch);
+        }
+        let rows: Vec<FenceRow> = q.load(conn).await?;
+        for row in rows {
+            holding
+                .insert((stored_u64(row.queue_id, "queue id")?, stored_u32(row.partition_id, "partition")?));
+            now = Some(row.now.and_utc());
+        }
+    }
+    let held = batches.iter().map(|b| holding.contains(&(b.fence.queue.0, b.fence.partition.0))).collect();
+    Ok((held, now))
+}
+
+/// Records the outcomes of many partitions in the caller's transaction: one fence check,
+/// one locking read of the named tasks, then the writes of every partition whose fence holds
+/// together ([`apply`]: one `INSERT … SELECT` into the history and one `DELETE` for all the
+/// finished tasks, one `UPDATE … JOIN` for the others, per chunk); see
+/// [`Store::record_task_outcomes`](crate::Store::record_task_outcomes).
+pub(super) async fn record_outcomes(
+    conn: &mut Conn,
+    batches: &[PartitionOutcomes],
+) -> Res<Vec<StoreResult<TaskBatchOutcome>>> {
+    let (held, now) = check_owners(conn, batches).await?;
+    let Some(now) = now else {
+        return Ok(batches.iter().map(|b| Err(rules::fenced(&b.fence))).collect());
+    };
+    let mut keys = Vec::new();
+    for (b, _) in batches.iter().zip(&held).filter(|(_, held)| **held) {
+        for id in b.ids() {
+            keys.push(id_i64(id)?);
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let mut heads: BTreeMap<(u64, u32), Vec<TaskHead>> = BTreeMap::new();
+    for chunk in keys.chunks(MAX_BINDS) {
+        // By primary key, in id order (the order every writer locks tasks in).
+        let q = diesel::sql_query(format!(
+            "SELECT id, queue_id, partition_id, state, attempts, max_attempts, claimed_epoch FROM helix_tasks \
+             WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            marks(chunk.len())
+        ))
+        .into_boxed::<Mysql>();
+        let rows: Vec<PlacedHeadRow> = bind_ids(q, chunk).load(conn).await?;
+        for r in rows {
+            let place = (stored_u64(r.queue_id, "queue id")?, stored_u32(r.partition_id, "partition")?);
+            heads.entry(place).or_default().push(r.head.head()?);
+        }
+    }
+    let mut writes = Vec::new();
+    let mut answers = Vec::with_capacity(batches.len());
+    for (b, held) in batches.iter().zip(held) {
+        if !held {
+            answers.push(Err(rules::fenced(&b.fence)));
+            continue;
+        }
+        // Only the tasks of the fence's own queue and partition.
+        let mine = heads.get(&(b.fence.queue.0, b.fence.partition.0)).map_or(&[][..], Vec::as_slice);
+        let (w, answer) = rules::outcome_writes(b, mine, now);
+        writes.extend(w);
+        answers.push(Ok(answer));
+    }
+    apply(conn, now, &writes).await?;
+    Ok(answers)
 }
 
 /// Writes decided task changes: finished ones move to the history (one `INSERT … SELECT` and

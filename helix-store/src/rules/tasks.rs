@@ -296,17 +296,89 @@ pub fn held<'a>(
     fence: &OwnerFence,
 ) -> (Vec<&'a TaskHead>, Vec<TaskId>) {
     let mut seen = std::collections::BTreeSet::new();
+    let by_id: std::collections::HashMap<TaskId, &TaskHead> = heads.iter().map(|h| (h.id, h)).collect();
     let (mut held, mut skipped) = (Vec::new(), Vec::new());
     for id in ids {
         if !seen.insert(id) {
             continue;
         }
-        match heads.iter().find(|h| h.id == id) {
+        match by_id.get(&id).copied() {
             Some(h) if h.state.is_claimed() && h.claimed_epoch == Some(fence.epoch) => held.push(h),
             _ => skipped.push(id),
         }
     }
     (held, skipped)
+}
+
+/// Checks the input of [`Store::record_task_outcomes`](crate::Store::record_task_outcomes):
+/// at most [`MAX_TASK_BATCH`] partitions and [`MAX_TASK_BATCH`] task rows in all, each
+/// partition (queue and partition) at most once, every delay at most
+/// [`MAX_SCHEDULE_AHEAD`]. Nothing is written when it fails.
+///
+/// # Errors
+/// [`StoreError::Invalid`], naming the partition at fault.
+pub fn validate_outcomes(batches: &[PartitionOutcomes]) -> StoreResult<()> {
+    if batches.len() > MAX_TASK_BATCH {
+        return Err(StoreError::Invalid(format!(
+            "a write of outcomes for {} partitions is over the limit of {MAX_TASK_BATCH}",
+            batches.len()
+        )));
+    }
+    let rows: usize = batches.iter().map(PartitionOutcomes::len).sum();
+    validate_batch(rows, "a write of outcomes")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for b in batches {
+        let at = |m: String| StoreError::Invalid(format!("{m} for {}", b.fence));
+        if !seen.insert((b.fence.queue, b.fence.partition)) {
+            return Err(at("a second set of outcomes".to_owned()));
+        }
+        for f in &b.failed {
+            if let Some(retry_in) = f.retry_in {
+                validate_delay(retry_in, "retry delay").map_err(|e| at(e.to_string()))?;
+            }
+        }
+        for r in &b.retried_later {
+            validate_delay(r.delay, "retry delay").map_err(|e| at(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What one partition's outcomes do to the tasks it holds: `heads` are the locked tasks of
+/// that partition (tasks of other partitions must not be among them); a task is written when
+/// it is claimed under the fence's epoch, by the first kind it is listed under (completed,
+/// failed, retried later). Returns the writes and the partition's answer.
+pub fn outcome_writes(
+    batch: &PartitionOutcomes,
+    heads: &[TaskHead],
+    now: DateTime<Utc>,
+) -> (Vec<TaskWrite>, TaskBatchOutcome) {
+    enum Kind<'a> {
+        Complete,
+        Fail(&'a TaskFailure),
+        Later(Duration),
+    }
+    let mut kinds: std::collections::HashMap<TaskId, Kind<'_>> = std::collections::HashMap::new();
+    for id in &batch.completed {
+        kinds.entry(*id).or_insert(Kind::Complete);
+    }
+    for f in &batch.failed {
+        kinds.entry(f.id).or_insert(Kind::Fail(f));
+    }
+    for r in &batch.retried_later {
+        kinds.entry(r.id).or_insert(Kind::Later(r.delay));
+    }
+    let (held, skipped) = held(batch.ids(), heads, &batch.fence);
+    let writes: Vec<TaskWrite> = held
+        .into_iter()
+        .map(|h| match kinds.get(&h.id) {
+            Some(Kind::Fail(f)) => after_failure(h, now, f),
+            Some(Kind::Later(delay)) => after_retry_later(h, now, *delay),
+            Some(Kind::Complete) | None => after_complete(h),
+        })
+        .collect();
+    let answer = outcome(&writes, skipped);
+    (writes, answer)
 }
 
 /// The outcome of a batch write from its writes and skipped ids.

@@ -1708,6 +1708,17 @@ impl Store for SqliteStore {
         })
         .await
     }
+    async fn record_task_outcomes(
+        &self,
+        batches: &[PartitionOutcomes],
+    ) -> StoreResult<Vec<StoreResult<TaskBatchOutcome>>> {
+        crate::rules::tasks::validate_outcomes(batches)?;
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batches = std::sync::Arc::new(batches.to_vec());
+        self.write("record_task_outcomes", move |conn| tasks::record_outcomes(conn, &batches)).await
+    }
     async fn extend_tasks(
         &self,
         fence: &OwnerFence,

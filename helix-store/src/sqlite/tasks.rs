@@ -15,7 +15,7 @@ use diesel::sqlite::Sqlite;
 use helix_core::{Epoch, PartitionCount, PartitionId, QueueId};
 
 use super::{Fail, MAX_BINDS, Tx, to_i64, to_u64, worker_id};
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreResult};
 use crate::rules::tasks::{self as rules, TaskHead, TaskWrite};
 use crate::tasks::*;
 
@@ -124,6 +124,28 @@ impl HeadRow {
             claimed_epoch: self.claimed_epoch.map(|e| to_u64(e, "epoch").map(Epoch)).transpose()?,
         })
     }
+}
+
+/// A task's head with its queue and partition.
+#[derive(QueryableByName)]
+struct PlacedHeadRow {
+    #[diesel(sql_type = BigInt)]
+    queue_id: i64,
+    #[diesel(sql_type = BigInt)]
+    partition_id: i64,
+    #[diesel(embed)]
+    head: HeadRow,
+}
+
+/// A partition whose owner's fence holds, and the store's now.
+#[derive(QueryableByName)]
+struct FenceRow {
+    #[diesel(sql_type = BigInt)]
+    queue_id: i64,
+    #[diesel(sql_type = BigInt)]
+    partition_id: i64,
+    #[diesel(sql_type = Timestamp)]
+    now: NaiveDateTime,
 }
 
 #[derive(QueryableByName)]
@@ -399,6 +421,98 @@ pub(super) fn owner_write(
     let writes: Vec<TaskWrite> = held.into_iter().map(|h| decide(h, now)).collect();
     apply(conn, now, &writes)?;
     Ok(rules::outcome(&writes, skipped))
+}
+
+/// The fences one statement of [`record_outcomes`] checks: far below SQLite's expression
+/// depth limit (1,000) for the `OR` of one term per partition.
+const FENCES_PER_STATEMENT: usize = 200;
+
+/// Checks the fences of `batches` (`owner = worker AND epoch = epoch`, not `FAILED`) in one
+/// statement per [`FENCES_PER_STATEMENT`]; returns which hold, in order, and the store's now
+/// (`None` when none holds).
+fn check_owners(
+    conn: &mut SqliteConnection,
+    batches: &[PartitionOutcomes],
+) -> Tx<(Vec<bool>, Option<DateTime<Utc>>)> {
+    let mut holding: std::collections::BTreeSet<(u64, u32)> = std::collections::BTreeSet::new();
+    let mut now = None;
+    for chunk in batches.chunks(FENCES_PER_STATEMENT) {
+        let terms = vec!["(queue_id = ? AND partition_id = ? AND owner = ? AND epoch = ?)"; chunk.len()];
+        let sql = format!(
+            concat!(
+                "SELECT queue_id, partition_id, ",
+                now!(),
+                " AS now FROM helix_assignments WHERE state <> 'FAILED' AND ({})"
+            ),
+            terms.join(" OR ")
+        );
+        let mut q = sql_query(sql).into_boxed::<Sqlite>();
+        for b in chunk {
+            q = q
+                .bind::<BigInt, _>(to_i64(b.fence.queue.0, "queue id")?)
+                .bind::<BigInt, _>(i64::from(b.fence.partition.0))
+                .bind::<Binary, _>(b.fence.worker.as_bytes().to_vec())
+                .bind::<BigInt, _>(to_i64(b.fence.epoch.0, "epoch")?);
+        }
+        for row in q.load::<FenceRow>(conn)? {
+            let partition = u32::try_from(row.partition_id)
+                .map_err(|_| StoreError::Database(format!("stored partition {}", row.partition_id)))?;
+            holding.insert((to_u64(row.queue_id, "queue id")?, partition));
+            now = Some(row.now.and_utc());
+        }
+    }
+    let held = batches.iter().map(|b| holding.contains(&(b.fence.queue.0, b.fence.partition.0))).collect();
+    Ok((held, now))
+}
+
+/// Records the outcomes of many partitions in the caller's transaction: one fence check,
+/// one read of the named tasks, then the writes of every partition whose fence holds
+/// together ([`apply`]); see [`Store::record_task_outcomes`](crate::Store::record_task_outcomes).
+pub(super) fn record_outcomes(
+    conn: &mut SqliteConnection,
+    batches: &[PartitionOutcomes],
+) -> Tx<Vec<StoreResult<TaskBatchOutcome>>> {
+    let (held, now) = check_owners(conn, batches)?;
+    let Some(now) = now else {
+        return Ok(batches.iter().map(|b| Err(rules::fenced(&b.fence))).collect());
+    };
+    let mut keys = Vec::new();
+    for (b, _) in batches.iter().zip(&held).filter(|(_, held)| **held) {
+        for id in b.ids() {
+            keys.push(id_i64(id)?);
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let mut heads: BTreeMap<(u64, u32), Vec<TaskHead>> = BTreeMap::new();
+    for chunk in keys.chunks(MAX_BINDS) {
+        let sql = format!(
+            "SELECT id, queue_id, partition_id, state, attempts, max_attempts, claimed_epoch FROM helix_tasks \
+             WHERE id IN ({})",
+            marks(chunk.len())
+        );
+        for r in bind_task_ids(sql_query(sql).into_boxed(), chunk).load::<PlacedHeadRow>(conn)? {
+            let partition = u32::try_from(r.partition_id)
+                .map_err(|_| StoreError::Database(format!("stored partition {}", r.partition_id)))?;
+            let place = (to_u64(r.queue_id, "queue id")?, partition);
+            heads.entry(place).or_default().push(r.head.head()?);
+        }
+    }
+    let mut writes = Vec::new();
+    let mut answers = Vec::with_capacity(batches.len());
+    for (b, held) in batches.iter().zip(held) {
+        if !held {
+            answers.push(Err(rules::fenced(&b.fence)));
+            continue;
+        }
+        // Only the tasks of the fence's own queue and partition.
+        let mine = heads.get(&(b.fence.queue.0, b.fence.partition.0)).map_or(&[][..], Vec::as_slice);
+        let (w, answer) = rules::outcome_writes(b, mine, now);
+        writes.extend(w);
+        answers.push(Ok(answer));
+    }
+    apply(conn, now, &writes)?;
+    Ok(answers)
 }
 
 /// Writes decided task changes: finished ones move to the history (one `INSERT … SELECT` and
