@@ -545,9 +545,13 @@ pub(crate) fn allocate_joint(
         let queues = inputs.len();
         let (source, sink) = (0, 1);
         let worker_node = |w: usize| 2 + queues + w;
-        let mut network = Network::new(2 + queues + worker_count);
+        let fractional =
+            |share: &Shares| share.uncapped.iter().filter(|&&i| share.remainder[i as usize] != 0).count();
+        let cell_count: usize = shares.iter().map(fractional).sum();
+        let mut network =
+            Network::with_capacity(2 + queues + worker_count, queues + cell_count + 2 * worker_count);
         let mut potential = vec![0i64; 2 + queues + worker_count];
-        let mut cells: Vec<(usize, u32, usize)> = Vec::new();
+        let mut cells: Vec<(usize, u32, usize)> = Vec::with_capacity(cell_count);
         for (queue, share) in shares.iter().enumerate() {
             network.add_edge(source, 2 + queue, share.extra as i64, 0);
             for &local in &share.uncapped {
