@@ -176,10 +176,11 @@ fn send(
             'search: while head < queue.len() {
                 let u = queue[head] as usize;
                 head += 1;
+                let (next, reduced) = (level[u] + 1, potential[u]);
                 for arc in &arcs[start[u] as usize..start[u + 1] as usize] {
                     let v = arc.to as usize;
-                    if arc.cap > 0 && level[v] == DEAD && arc.cost + potential[u] - potential[v] == 0 {
-                        level[v] = level[u] + 1;
+                    if arc.cap > 0 && level[v] == DEAD && arc.cost + reduced == potential[v] {
+                        level[v] = next;
                         if v == sink {
                             break 'search;
                         }
@@ -215,24 +216,21 @@ fn send(
                     u = path.last().map_or(source, |&arc| arcs[arc as usize].to as usize);
                     continue;
                 }
-                let end = start[u + 1];
-                let mut advanced = false;
-                while cursor[u] < end {
-                    let arc = &arcs[cursor[u] as usize];
+                // The first admissible arc from the cursor on (the level of `u`, on the path,
+                // is never DEAD, so `next` is a real level).
+                let (next, reduced) = (level[u] + 1, potential[u]);
+                let end = start[u + 1] as usize;
+                let from = cursor[u] as usize;
+                let found = arcs[from..end].iter().position(|arc| {
                     let v = arc.to as usize;
-                    if arc.cap > 0
-                        && level[v] != DEAD
-                        && level[v] == level[u] + 1
-                        && arc.cost + potential[u] - potential[v] == 0
-                    {
-                        path.push(cursor[u]);
-                        u = v;
-                        advanced = true;
-                        break;
-                    }
-                    cursor[u] += 1;
-                }
-                if !advanced {
+                    arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
+                });
+                if let Some(offset) = found {
+                    cursor[u] = (from + offset) as u32;
+                    path.push(cursor[u]);
+                    u = arcs[from + offset].to as usize;
+                } else {
+                    cursor[u] = end as u32;
                     // A dead end: no path to the sink through `u` in this level graph.
                     level[u] = DEAD;
                     match path.pop() {
