@@ -453,9 +453,10 @@ impl FractionSum {
                 }
             }
         }
-        if self.numerator >= self.denominator {
-            self.whole += (self.numerator / self.denominator) as u64;
-            self.numerator %= self.denominator;
+        // Both fractions are below 1, so this subtracts once at most (no 128-bit division).
+        while self.numerator >= self.denominator {
+            self.whole += 1;
+            self.numerator -= self.denominator;
         }
     }
 
