@@ -110,6 +110,7 @@ impl AllocationStrategy for BalancedSticky {
 /// Every eligible worker's share of a queue, split into what it surely gets and what is left
 /// to decide: the base quota (⌊share⌋, or the maximum for a worker whose share reaches it),
 /// the fractional part of the share, and how many "+1"s the fractional parts add up to.
+#[derive(Clone)]
 struct Shares {
     /// ⌊share⌋ of every worker (0 for ineligible ones, the maximum for capped ones).
     quota: Vec<u32>,
@@ -452,9 +453,10 @@ impl FractionSum {
                 }
             }
         }
-        if self.numerator >= self.denominator {
-            self.whole += (self.numerator / self.denominator) as u64;
-            self.numerator %= self.denominator;
+        // Both fractions are below 1, so this subtracts once at most (no 128-bit division).
+        while self.numerator >= self.denominator {
+            self.whole += 1;
+            self.numerator -= self.denominator;
         }
     }
 
@@ -478,6 +480,14 @@ fn gcd(mut a: u128, mut b: u128) -> u128 {
     a
 }
 
+/// Whether two queues number their workers and current owners alike: the same workers in the
+/// same order, the same constraints and the same worker table.
+fn numbered_alike(a: &AllocationInput<'_>, b: &AllocationInput<'_>) -> bool {
+    (std::ptr::eq(a.workers, b.workers) || a.workers == b.workers)
+        && (std::ptr::eq(a.constraints, b.constraints) || a.constraints == b.constraints)
+        && a.current.worker_table() == b.current.worker_table()
+}
+
 /// Allocates several queues at once: every queue's quotas within 1 of its shares, every
 /// worker's total within 1 of the sum of its shares, and among those quotas the ones that keep
 /// the most partitions with their current owners (a min-cost flow over the "+1"s).
@@ -485,23 +495,38 @@ pub(crate) fn allocate_joint(
     inputs: &[AllocationInput<'_>],
     move_cap: Option<MoveCap>,
 ) -> Result<Vec<Allocation>, AllocationError> {
-    let prepared: Vec<Prepared<'_>> = inputs.iter().map(Prepared::new).collect::<Result<_, _>>()?;
     if let [input] = inputs {
         // One queue: the per-queue bound is the per-worker bound.
+        let prepared = Prepared::new(input)?;
         let input = AllocationInput { other_load: &super::NO_LOAD, ..*input };
-        return Ok(vec![allocate(&prepared[0], &input, move_cap)]);
+        return Ok(vec![allocate(&prepared, &input, move_cap)]);
     }
 
+    // Queues with the same workers, constraints and worker table as the queue before them
+    // (the usual case: every queue served by every worker) share its numbering.
+    let mut distinct: Vec<Prepared<'_>> = Vec::new();
+    let mut of_queue: Vec<usize> = Vec::with_capacity(inputs.len());
+    for (queue, input) in inputs.iter().enumerate() {
+        match queue.checked_sub(1) {
+            Some(before) if numbered_alike(&inputs[before], input) => of_queue.push(of_queue[before]),
+            _ => {
+                distinct.push(Prepared::new(input)?);
+                of_queue.push(distinct.len() - 1);
+            }
+        }
+    }
+    let prepared: Vec<&Prepared<'_>> = of_queue.iter().map(|&i| &distinct[i]).collect();
+
     // One numbering of every worker of every queue (the queues' own when they all agree).
-    let same = prepared.iter().all(|p| p.ids == prepared[0].ids);
+    let same = distinct.iter().all(|p| p.ids == distinct[0].ids);
     let key = |id: &crate::ids::WorkerId| id.as_uuid().as_u128();
     let (worker_count, maps): (usize, Vec<Vec<u32>>) = if same {
-        (prepared.first().map_or(0, |p| p.ids.len()), Vec::new())
+        (distinct.first().map_or(0, |p| p.ids.len()), Vec::new())
     } else {
-        let mut all: Vec<u128> = prepared.iter().flat_map(|p| p.ids.iter().map(key)).collect();
+        let mut all: Vec<u128> = distinct.iter().flat_map(|p| p.ids.iter().map(key)).collect();
         all.sort_unstable();
         all.dedup();
-        let maps = prepared
+        let maps = distinct
             .iter()
             .map(|p| {
                 let mut next = 0;
@@ -520,12 +545,25 @@ pub(crate) fn allocate_joint(
         (all.len(), maps)
     };
     let global = |queue: usize, local: u32| -> usize {
-        if same { local as usize } else { maps[queue][local as usize] as usize }
+        if same { local as usize } else { maps[of_queue[queue]][local as usize] as usize }
     };
 
     let counts: Vec<Vec<u32>> =
         prepared.iter().zip(inputs).map(|(p, input)| current_counts(p, input)).collect();
-    let mut shares: Vec<Shares> = prepared.iter().zip(inputs).map(|(p, input)| shares(p, input)).collect();
+    // Shares depend on the numbering, the constraints and the partition count only.
+    let mut shares: Vec<Shares> = Vec::with_capacity(inputs.len());
+    for (queue, input) in inputs.iter().enumerate() {
+        let share = match queue.checked_sub(1) {
+            Some(before)
+                if of_queue[before] == of_queue[queue]
+                    && inputs[before].partition_count() == input.partition_count() =>
+            {
+                shares[before].clone()
+            }
+            _ => self::shares(prepared[queue], input),
+        };
+        shares.push(share);
+    }
     let mut sums = vec![FractionSum::ZERO; worker_count];
     for (queue, share) in shares.iter().enumerate() {
         for &local in &share.uncapped {
@@ -545,9 +583,13 @@ pub(crate) fn allocate_joint(
         let queues = inputs.len();
         let (source, sink) = (0, 1);
         let worker_node = |w: usize| 2 + queues + w;
-        let mut network = Network::new(2 + queues + worker_count);
+        let fractional =
+            |share: &Shares| share.uncapped.iter().filter(|&&i| share.remainder[i as usize] != 0).count();
+        let cell_count: usize = shares.iter().map(fractional).sum();
+        let mut network =
+            Network::with_capacity(2 + queues + worker_count, queues + cell_count + 2 * worker_count);
         let mut potential = vec![0i64; 2 + queues + worker_count];
-        let mut cells: Vec<(usize, u32, usize)> = Vec::new();
+        let mut cells: Vec<(usize, u32, usize)> = Vec::with_capacity(cell_count);
         for (queue, share) in shares.iter().enumerate() {
             network.add_edge(source, 2 + queue, share.extra as i64, 0);
             for &local in &share.uncapped {

@@ -7,35 +7,56 @@ use std::collections::BinaryHeap;
 const INF: i64 = i64::MAX / 4;
 const DEAD: u32 = u32::MAX;
 
-/// A directed network with integer capacities and costs. Edge `e` and its residual twin
-/// `e ^ 1` are stored side by side.
+/// A directed network with integer capacities and costs.
 #[derive(Debug, Default)]
 pub(crate) struct Network {
     nodes: usize,
-    from: Vec<u32>,
-    to: Vec<u32>,
+    tail: Vec<u32>,
+    head: Vec<u32>,
     cap: Vec<i64>,
     cost: Vec<i64>,
+    /// The flow on every edge, once [`Network::min_cost_flow`] has run.
+    flow: Vec<i64>,
+}
+
+/// One direction of an edge in the residual network: an edge `u → v` is an arc of `u` towards
+/// `v` with the edge's capacity, and an arc of `v` towards `u` (its twin) with capacity 0 and
+/// the opposite cost.
+#[derive(Debug, Clone, Copy)]
+struct Arc {
+    to: u32,
+    twin: u32,
+    cap: i64,
+    cost: i64,
 }
 
 impl Network {
-    pub(crate) fn new(nodes: usize) -> Self {
-        Self { nodes, ..Self::default() }
+    /// A network of `nodes` nodes, with room for `edges` edges.
+    pub(crate) fn with_capacity(nodes: usize, edges: usize) -> Self {
+        Self {
+            nodes,
+            tail: Vec::with_capacity(edges),
+            head: Vec::with_capacity(edges),
+            cap: Vec::with_capacity(edges),
+            cost: Vec::with_capacity(edges),
+            flow: Vec::new(),
+        }
     }
 
     /// Adds an edge `u → v` and returns its index (its flow is read with [`Network::flow`]).
     pub(crate) fn add_edge(&mut self, u: usize, v: usize, cap: i64, cost: i64) -> usize {
-        let index = self.to.len();
-        self.from.extend([u as u32, v as u32]);
-        self.to.extend([v as u32, u as u32]);
-        self.cap.extend([cap, 0]);
-        self.cost.extend([cost, -cost]);
+        let index = self.tail.len();
+        self.tail.push(u as u32);
+        self.head.push(v as u32);
+        self.cap.push(cap);
+        self.cost.push(cost);
         index
     }
 
-    /// The flow on edge `edge`, as returned by [`Network::add_edge`].
+    /// The flow on edge `edge`, as returned by [`Network::add_edge`] (0 before
+    /// [`Network::min_cost_flow`]).
     pub(crate) fn flow(&self, edge: usize) -> i64 {
-        self.cap[edge ^ 1]
+        self.flow.get(edge).copied().unwrap_or(0)
     }
 
     /// Sends up to `wanted` units from `source` to `sink` at the least total cost, starting
@@ -43,6 +64,9 @@ impl Network {
     /// `cost + potential[u] − potential[v]` non-negative. When `potential` is exactly every
     /// node's distance from `source` (`exact`), the first shortest-path search is skipped.
     /// Returns the flow sent.
+    ///
+    /// Every node's arcs are scanned in the order their edges were added (an edge's arc at its
+    /// tail and its twin at its head), which fixes the flow chosen among equally cheap ones.
     pub(crate) fn min_cost_flow(
         &mut self,
         source: usize,
@@ -52,149 +76,179 @@ impl Network {
         exact: bool,
     ) -> i64 {
         let n = self.nodes;
-        // Edges grouped by tail (compressed adjacency).
+        let edges = self.tail.len();
+        // Arcs grouped by the node they leave, each node's in the order of their edges.
         let mut start = vec![0u32; n + 1];
-        for &u in &self.from {
+        for (&u, &v) in self.tail.iter().zip(&self.head) {
             start[u as usize + 1] += 1;
+            start[v as usize + 1] += 1;
         }
         for i in 0..n {
             start[i + 1] += start[i];
         }
         let mut fill = start.clone();
-        let mut adjacency = vec![0u32; self.from.len()];
-        for (edge, &u) in self.from.iter().enumerate() {
-            adjacency[fill[u as usize] as usize] = edge as u32;
-            fill[u as usize] += 1;
+        let mut forward = Vec::with_capacity(edges);
+        let mut arcs = vec![Arc { to: 0, twin: 0, cap: 0, cost: 0 }; 2 * edges];
+        for edge in 0..edges {
+            let (u, v) = (self.tail[edge] as usize, self.head[edge] as usize);
+            let (a, b) = (fill[u], fill[v] + u32::from(u == v));
+            fill[u] += 1;
+            fill[v] += 1;
+            arcs[a as usize] = Arc { to: v as u32, twin: b, cap: self.cap[edge], cost: self.cost[edge] };
+            arcs[b as usize] = Arc { to: u as u32, twin: a, cap: 0, cost: -self.cost[edge] };
+            forward.push(a);
         }
 
-        let mut sent = 0;
-        let mut dist = vec![INF; n];
-        let mut level = vec![DEAD; n];
-        let mut cursor = vec![0u32; n];
-        let mut heap = BinaryHeap::new();
-        let mut queue = Vec::with_capacity(n);
-        let mut path: Vec<u32> = Vec::new();
-        let mut first = exact;
-        while sent < wanted {
-            if std::mem::take(&mut first) {
-                // The potentials are the distances already: every shortest path is admissible.
-                dist.fill(0);
-            } else {
-                // Shortest distances on reduced costs.
-                dist.fill(INF);
-                dist[source] = 0;
-                heap.push(Reverse((0i64, source as u32)));
-                while let Some(Reverse((d, u))) = heap.pop() {
-                    let u = u as usize;
-                    if d > dist[u] {
-                        continue;
-                    }
-                    for &edge in &adjacency[start[u] as usize..start[u + 1] as usize] {
-                        let edge = edge as usize;
-                        if self.cap[edge] <= 0 {
-                            continue;
-                        }
-                        let v = self.to[edge] as usize;
-                        let next = d + self.cost[edge] + potential[u] - potential[v];
-                        if next < dist[v] {
-                            dist[v] = next;
-                            heap.push(Reverse((next, v as u32)));
-                        }
-                    }
+        let sent = send(&mut arcs, &start, source, sink, wanted, &mut potential, exact);
+        self.flow = forward.iter().map(|&a| arcs[arcs[a as usize].twin as usize].cap).collect();
+        sent
+    }
+}
+
+/// The primal-dual loop of [`Network::min_cost_flow`] over arcs grouped by node.
+fn send(
+    arcs: &mut [Arc],
+    start: &[u32],
+    source: usize,
+    sink: usize,
+    wanted: i64,
+    potential: &mut [i64],
+    exact: bool,
+) -> i64 {
+    let n = start.len() - 1;
+    let mut sent = 0;
+    let mut dist = vec![INF; n];
+    let mut level = vec![DEAD; n];
+    let mut cursor = vec![0u32; n];
+    let mut heap = BinaryHeap::new();
+    let mut queue = Vec::with_capacity(n);
+    let mut path: Vec<u32> = Vec::new();
+    let mut first = exact;
+    while sent < wanted {
+        if std::mem::take(&mut first) {
+            // The potentials are the distances already: every shortest path is admissible.
+            dist.fill(0);
+        } else {
+            // Shortest distances on reduced costs. The search stops once the sink is settled:
+            // every node not settled yet is at least as far, and its potential grows by the
+            // sink's distance either way.
+            dist.fill(INF);
+            dist[source] = 0;
+            heap.clear();
+            heap.push(Reverse((0i64, source as u32)));
+            while let Some(Reverse((d, u))) = heap.pop() {
+                let u = u as usize;
+                if d > dist[u] {
+                    continue;
                 }
-            }
-            let reach = dist[sink];
-            if reach >= INF {
-                break;
-            }
-            for (p, &d) in potential.iter_mut().zip(&dist) {
-                *p += d.min(reach);
-            }
-            // Blocking flows over the admissible edges (zero reduced cost) until none is left.
-            loop {
-                level.fill(DEAD);
-                level[source] = 0;
-                queue.clear();
-                queue.push(source as u32);
-                let mut head = 0;
-                while head < queue.len() {
-                    let u = queue[head] as usize;
-                    head += 1;
-                    for &edge in &adjacency[start[u] as usize..start[u + 1] as usize] {
-                        let edge = edge as usize;
-                        let v = self.to[edge] as usize;
-                        if self.cap[edge] > 0
-                            && level[v] == DEAD
-                            && self.cost[edge] + potential[u] - potential[v] == 0
-                        {
-                            level[v] = level[u] + 1;
-                            queue.push(v as u32);
-                        }
-                    }
-                }
-                if level[sink] == DEAD {
+                if u == sink {
                     break;
                 }
-                cursor.copy_from_slice(&start[..n]);
-                // Depth-first search for augmenting paths, without recursion.
-                path.clear();
-                let mut u = source;
-                while sent < wanted {
-                    if u == sink {
-                        let mut push = wanted - sent;
-                        for &edge in &path {
-                            push = push.min(self.cap[edge as usize]);
-                        }
-                        let mut back_to = path.len();
-                        for (i, &edge) in path.iter().enumerate() {
-                            let edge = edge as usize;
-                            self.cap[edge] -= push;
-                            self.cap[edge ^ 1] += push;
-                            if self.cap[edge] == 0 && back_to == path.len() {
-                                back_to = i;
-                            }
-                        }
-                        sent += push;
-                        path.truncate(back_to);
-                        u = path.last().map_or(source, |&edge| self.to[edge as usize] as usize);
+                for arc in &arcs[start[u] as usize..start[u + 1] as usize] {
+                    if arc.cap <= 0 {
                         continue;
                     }
-                    let end = start[u + 1];
-                    let mut advanced = false;
-                    while cursor[u] < end {
-                        let edge = adjacency[cursor[u] as usize] as usize;
-                        let v = self.to[edge] as usize;
-                        if self.cap[edge] > 0
-                            && level[v] != DEAD
-                            && level[v] == level[u] + 1
-                            && self.cost[edge] + potential[u] - potential[v] == 0
-                        {
-                            path.push(edge as u32);
-                            u = v;
-                            advanced = true;
-                            break;
-                        }
-                        cursor[u] += 1;
+                    let v = arc.to as usize;
+                    let next = d + arc.cost + potential[u] - potential[v];
+                    if next < dist[v] {
+                        dist[v] = next;
+                        heap.push(Reverse((next, v as u32)));
                     }
-                    if !advanced {
-                        // A dead end: no path to the sink through `u` in this level graph.
-                        level[u] = DEAD;
-                        match path.pop() {
-                            Some(edge) => {
-                                u = self.from[edge as usize] as usize;
-                                cursor[u] += 1;
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                if sent >= wanted {
-                    break;
                 }
             }
         }
-        sent
+        let reach = dist[sink];
+        if reach >= INF {
+            break;
+        }
+        for (p, &d) in potential.iter_mut().zip(&dist) {
+            *p += d.min(reach);
+        }
+        // Blocking flows over the admissible arcs (zero reduced cost) until none is left.
+        loop {
+            // Levels by breadth-first search, up to the sink's: a node the search has not
+            // reached by then cannot lie on a shortest admissible path, so it stays dead.
+            level.fill(DEAD);
+            level[source] = 0;
+            queue.clear();
+            queue.push(source as u32);
+            let mut head = 0;
+            'search: while head < queue.len() {
+                let u = queue[head] as usize;
+                head += 1;
+                let (next, reduced) = (level[u] + 1, potential[u]);
+                for arc in &arcs[start[u] as usize..start[u + 1] as usize] {
+                    let v = arc.to as usize;
+                    if arc.cap > 0 && level[v] == DEAD && arc.cost + reduced == potential[v] {
+                        level[v] = next;
+                        if v == sink {
+                            break 'search;
+                        }
+                        queue.push(v as u32);
+                    }
+                }
+            }
+            if level[sink] == DEAD {
+                break;
+            }
+            cursor.copy_from_slice(&start[..n]);
+            // Depth-first search for augmenting paths, without recursion.
+            path.clear();
+            let mut u = source;
+            while sent < wanted {
+                if u == sink {
+                    let mut push = wanted - sent;
+                    for &arc in &path {
+                        push = push.min(arcs[arc as usize].cap);
+                    }
+                    let mut back_to = path.len();
+                    for (i, &arc) in path.iter().enumerate() {
+                        let arc = arc as usize;
+                        arcs[arc].cap -= push;
+                        let twin = arcs[arc].twin as usize;
+                        arcs[twin].cap += push;
+                        if arcs[arc].cap == 0 && back_to == path.len() {
+                            back_to = i;
+                        }
+                    }
+                    sent += push;
+                    path.truncate(back_to);
+                    u = path.last().map_or(source, |&arc| arcs[arc as usize].to as usize);
+                    continue;
+                }
+                // The first admissible arc from the cursor on (the level of `u`, on the path,
+                // is never DEAD, so `next` is a real level).
+                let (next, reduced) = (level[u] + 1, potential[u]);
+                let end = start[u + 1] as usize;
+                let from = cursor[u] as usize;
+                let found = arcs[from..end].iter().position(|arc| {
+                    let v = arc.to as usize;
+                    arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
+                });
+                if let Some(offset) = found {
+                    cursor[u] = (from + offset) as u32;
+                    path.push(cursor[u]);
+                    u = arcs[from + offset].to as usize;
+                } else {
+                    cursor[u] = end as u32;
+                    // A dead end: no path to the sink through `u` in this level graph.
+                    level[u] = DEAD;
+                    match path.pop() {
+                        Some(arc) => {
+                            let arc = &arcs[arc as usize];
+                            u = arcs[arc.twin as usize].to as usize;
+                            cursor[u] += 1;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if sent >= wanted {
+                break;
+            }
+        }
     }
+    sent
 }
 
 #[cfg(test)]
@@ -204,7 +258,7 @@ mod tests {
     #[test]
     fn picks_the_cheaper_route() {
         // 0 → 1 → 3 costs 1, 0 → 2 → 3 costs 5; capacity 1 each except 0 → 1 of 2.
-        let mut network = Network::new(4);
+        let mut network = Network::with_capacity(4, 4);
         let a = network.add_edge(0, 1, 2, 0);
         let b = network.add_edge(1, 3, 1, 1);
         let c = network.add_edge(0, 2, 2, 0);
