@@ -155,6 +155,8 @@ pub enum CallFault {
     /// The call waits this long (on tokio's clock) on its way, then reaches the store (unless
     /// its caller dropped it meanwhile), as a request held up by the network.
     Delay(Duration),
+    /// The call panics without reaching the store, as a store implementation with a bug.
+    Panic,
 }
 
 /// A store method's name, and the queue its calls hang for (`None`: every call).
@@ -307,6 +309,7 @@ impl CutOffStore {
             Some(CallFault::Refuse(error)) => return Err(error),
             Some(CallFault::Hang) => std::future::pending::<()>().await,
             Some(CallFault::Delay(delay)) => tokio::time::sleep(delay).await,
+            Some(CallFault::Panic) => panic!("a panic injected into {method}"),
             _ => {}
         }
         if self.lost.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()

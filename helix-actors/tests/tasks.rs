@@ -825,6 +825,25 @@ async fn a_refused_coalesced_write_is_written_again_by_each_of_its_partitions() 
     assert!(worker.link().calls("record_task_outcomes") >= 3, "the refused writes were sent again");
 }
 
+/// A store that panics while it records a coalesced write fails that write for each of its
+/// partitions, which write again; the worker's writes go on.
+#[actix::test]
+async fn a_coalesced_write_that_panics_is_written_again_and_the_writes_go_on() {
+    let (cluster, client, recorder, worker, ids) = together(8, "ok", TaskPolicy::default(), |worker| {
+        worker.link().inject("record_task_outcomes", CallFault::Panic, 1);
+    })
+    .await;
+    wait_all_finished(&cluster, &client, &ids).await;
+    for id in &ids {
+        let task = client.task(*id).await.expect("task");
+        assert_eq!((task.state, task.attempts), (TaskState::Done, 1), "{task:?}");
+        assert_eq!(recorder.runs_of(*id).len(), 1);
+    }
+    assert!(worker.link().calls("record_task_outcomes") >= 2, "the write that panicked was sent again");
+    let later = enqueue(&client, TaskSpec::new("ok").partition(3)).await;
+    wait_state(&cluster, &client, later, TaskState::Done).await;
+}
+
 /// A coalesced write that never ends stops the partitions in it on this worker (their next
 /// calls wait for it), but not the worker's other partitions: past `store_timeout` the next
 /// coalesced write goes.

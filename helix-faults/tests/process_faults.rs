@@ -3,7 +3,7 @@
 //! Every node is a real `helix-node` process, on a scratch MariaDB/MySQL database of its own
 //! (`HELIX_TEST_MYSQL_URL`, default `mysql://root@127.0.0.1:3306`) or on a SQLite file shared
 //! by the processes; the verdicts come from the processes' tick logs (user code running under
-//! an ownership) and from the store. The cluster runs with the default timings (heartbeat 1 s,
+//! an ownership) and from the store. The cluster runs with the default timings (heartbeat 500 ms,
 //! session timeout 3 s, lease 3 s); partitions tick every 20 ms.
 //!
 //! ```text

@@ -135,7 +135,21 @@ impl Outbox {
             let (partitions, rows) =
                 (batches.len(), batches.iter().map(PartitionOutcomes::len).sum::<usize>());
             let store = Arc::clone(&self.store);
-            let mut call = Box::pin(async move { store.record_task_outcomes(&batches).await });
+            // A store that panics fails this write for each of its partitions (they write
+            // again) instead of ending the sender with `sending` still set, which would leave
+            // every later letter waiting for good.
+            let mut call = Box::pin(
+                std::panic::AssertUnwindSafe(async move { store.record_task_outcomes(&batches).await })
+                    .catch_unwind()
+                    .map(|result| {
+                        result.unwrap_or_else(|panic| {
+                            Err(StoreError::Database(format!(
+                                "recording task outcomes panicked: {}",
+                                crate::worker::panic_message(&panic)
+                            )))
+                        })
+                    }),
+            );
             match tokio::time::timeout(bound, call.as_mut()).await {
                 Ok(result) => {
                     debug!(partitions, rows, ok = result.is_ok(), "task outcomes written");

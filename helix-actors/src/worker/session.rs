@@ -731,9 +731,11 @@ impl WorkerSession {
     /// A partition of a queue this worker does not serve is never run here: it is given back
     /// at its epoch (handed off when it is being revoked, released otherwise) for the
     /// coordinator to place on a worker that serves the queue. The store releases such rows
-    /// when a session registers (docs/protocol.md, "Adoption bumps the epoch"), so this only
-    /// meets a grant that ignored the subscriptions (a custom allocator's). A failure is
-    /// tried again after the next poll.
+    /// when a session registers (docs/protocol.md, "Adoption bumps the epoch"), so this meets
+    /// a grant that ignored the subscriptions (a custom allocator's) and a handoff to this
+    /// worker decided before it came back serving fewer queues. Any failure, a fenced one
+    /// included (the row may be ours again, as after a cancelled revocation), and whether or
+    /// not its answer is still current, is tried again after the next poll.
     fn give_back(&mut self, key: PartitionKey, row: &AssignmentRecord, ctx: &mut Context<Self>) {
         if self.given_up.get(&key).is_some_and(|e| row.epoch <= *e) {
             return;
@@ -750,17 +752,18 @@ impl WorkerSession {
             }
         };
         ctx.spawn(give_back.into_actor(self).map(move |outcome, act, _| {
-            if !act.still_current(stamp, "give back") {
-                return;
-            }
             match outcome {
                 Ok(new_epoch) => info!(queue = %key.0, partition = %key.1, %new_epoch, "partition given back"),
                 Err(error) => {
-                    warn!(queue = %key.0, partition = %key.1, %epoch, %error, "could not give the partition back, trying again after the next poll");
+                    // Forgotten even under a later stamp: the entry would otherwise keep every
+                    // later poll from trying again.
                     if act.given_up.get(&key) == Some(&epoch) {
                         act.given_up.remove(&key);
                     }
                     act.poll_wanted_seq += 1;
+                    if act.still_current(stamp, "give back") {
+                        warn!(queue = %key.0, partition = %key.1, %epoch, %error, "could not give the partition back, trying again after the next poll");
+                    }
                 }
             }
         }));
