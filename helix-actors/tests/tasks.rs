@@ -707,17 +707,23 @@ async fn a_failing_recovery_delays_the_partition_but_never_fails_it() {
     assert_eq!(client.task(id).await.expect("task").attempts, 1);
 }
 
+/// Enqueues four tasks on each of the first `partitions` partitions; their ids.
+async fn four_per_partition(client: &Client, partitions: u32) -> Vec<TaskId> {
+    let mut ids = Vec::new();
+    for partition in 0..partitions {
+        for _ in 0..4 {
+            ids.push(enqueue(client, TaskSpec::new("ok").partition(partition)).await);
+        }
+    }
+    ids
+}
+
 /// The task operations of all a worker's partitions use the store at most
 /// `store_concurrency` at once, leaving the rest of its pool to the session's heartbeats.
 #[actix::test]
 async fn a_workers_task_operations_use_the_store_at_most_store_concurrency_at_once() {
     let (mut cluster, queue, client) = cluster(8).await;
-    let mut ids = Vec::new();
-    for partition in 0..8 {
-        for _ in 0..4 {
-            ids.push(enqueue(&client, TaskSpec::new("ok").partition(partition)).await);
-        }
-    }
+    let ids = four_per_partition(&client, 8).await;
     let recorder = Recorder::default();
     let queues = recorder.queues(&queue, TaskPolicy::default()).store_concurrency(2);
     cluster.add_coordinator();
@@ -743,12 +749,7 @@ fn outcome_writes(worker: &SimWorker) -> usize {
 #[actix::test]
 async fn many_partitions_outcomes_are_written_in_few_store_calls() {
     let (mut cluster, queue, client) = cluster(32).await;
-    let mut ids = Vec::new();
-    for partition in 0..32 {
-        for _ in 0..4 {
-            ids.push(enqueue(&client, TaskSpec::new("ok").partition(partition)).await);
-        }
-    }
+    let ids = four_per_partition(&client, 32).await;
     let recorder = Recorder::default();
     let queues = recorder.queues(&queue, TaskPolicy::default());
     cluster.add_coordinator();

@@ -681,19 +681,7 @@ pub(super) async fn record_outcomes(
             heads.entry(place).or_default().push(r.head.head()?);
         }
     }
-    let mut writes = Vec::new();
-    let mut answers = Vec::with_capacity(batches.len());
-    for (b, held) in batches.iter().zip(held) {
-        if !held {
-            answers.push(Err(rules::fenced(&b.fence)));
-            continue;
-        }
-        // Only the tasks of the fence's own queue and partition.
-        let mine = heads.get(&(b.fence.queue.0, b.fence.partition.0)).map_or(&[][..], Vec::as_slice);
-        let (w, answer) = rules::outcome_writes(b, mine, now);
-        writes.extend(w);
-        answers.push(Ok(answer));
-    }
+    let (writes, answers) = rules::coalesced_writes(batches, &held, &heads, now);
     apply(conn, now, &writes).await?;
     Ok(answers)
 }

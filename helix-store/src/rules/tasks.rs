@@ -344,6 +344,32 @@ pub fn validate_outcomes(batches: &[PartitionOutcomes]) -> StoreResult<()> {
     Ok(())
 }
 
+/// The writes and the answers of a coalesced write of outcomes: `held[i]` says whether the
+/// fence of `batches[i]` holds, and `heads` are the locked tasks named by the partitions whose
+/// fence holds, by their stored (queue, partition). A partition whose fence does not hold is
+/// answered `Fenced` and writes nothing; each other one writes only tasks of its own queue and
+/// partition ([`outcome_writes`]).
+pub fn coalesced_writes(
+    batches: &[PartitionOutcomes],
+    held: &[bool],
+    heads: &std::collections::BTreeMap<(u64, u32), Vec<TaskHead>>,
+    now: DateTime<Utc>,
+) -> (Vec<TaskWrite>, Vec<StoreResult<TaskBatchOutcome>>) {
+    let mut writes = Vec::new();
+    let mut answers = Vec::with_capacity(batches.len());
+    for (b, held) in batches.iter().zip(held) {
+        if !held {
+            answers.push(Err(fenced(&b.fence)));
+            continue;
+        }
+        let mine = heads.get(&(b.fence.queue.0, b.fence.partition.0)).map_or(&[][..], Vec::as_slice);
+        let (w, answer) = outcome_writes(b, mine, now);
+        writes.extend(w);
+        answers.push(Ok(answer));
+    }
+    (writes, answers)
+}
+
 /// What one partition's outcomes do to the tasks it holds: `heads` are the locked tasks of
 /// that partition (tasks of other partitions must not be among them); a task is written when
 /// it is claimed under the fence's epoch, by the first kind it is listed under (completed,
