@@ -807,42 +807,39 @@ async fn a_lost_answer_of_a_coalesced_write_is_written_again_by_each_of_its_part
     assert!(outcome_writes(&worker) <= 4, "{} writes", outcome_writes(&worker));
 }
 
+/// Eight partitions' outcomes on one worker whose first `failed` coalesced writes meet
+/// `fault`: every task still completes once, on its first attempt, and the writes were sent
+/// again; a task enqueued afterwards completes too (the worker's writes go on).
+async fn failed_coalesced_writes_are_written_again(fault: CallFault, failed: usize) {
+    let (cluster, client, recorder, worker, ids) = together(8, "ok", TaskPolicy::default(), |worker| {
+        worker.link().inject("record_task_outcomes", fault, failed);
+    })
+    .await;
+    wait_all_finished(&cluster, &client, &ids).await;
+    for id in &ids {
+        let task = client.task(*id).await.expect("task");
+        assert_eq!((task.state, task.attempts), (TaskState::Done, 1), "{task:?}");
+        assert_eq!(recorder.runs_of(*id).len(), 1);
+    }
+    assert!(worker.link().calls("record_task_outcomes") > failed, "the failed writes were sent again");
+    let later = enqueue(&client, TaskSpec::new("ok").partition(3)).await;
+    wait_state(&cluster, &client, later, TaskState::Done).await;
+}
+
 /// A coalesced write refused as a whole (a transient failure) is a failure for every
 /// partition in it, never a silent success: each writes its outcomes again, and every task
 /// completes once.
 #[actix::test]
 async fn a_refused_coalesced_write_is_written_again_by_each_of_its_partitions() {
     let down = StoreError::Transient("deadlock found when trying to get lock".to_owned());
-    let (cluster, client, recorder, worker, ids) = together(8, "ok", TaskPolicy::default(), |worker| {
-        worker.link().inject("record_task_outcomes", CallFault::Refuse(down), 2);
-    })
-    .await;
-    wait_all_finished(&cluster, &client, &ids).await;
-    for id in &ids {
-        let task = client.task(*id).await.expect("task");
-        assert_eq!((task.state, task.attempts), (TaskState::Done, 1), "{task:?}");
-        assert_eq!(recorder.runs_of(*id).len(), 1);
-    }
-    assert!(worker.link().calls("record_task_outcomes") >= 3, "the refused writes were sent again");
+    failed_coalesced_writes_are_written_again(CallFault::Refuse(down), 2).await;
 }
 
 /// A store that panics while it records a coalesced write fails that write for each of its
 /// partitions, which write again; the worker's writes go on.
 #[actix::test]
 async fn a_coalesced_write_that_panics_is_written_again_and_the_writes_go_on() {
-    let (cluster, client, recorder, worker, ids) = together(8, "ok", TaskPolicy::default(), |worker| {
-        worker.link().inject("record_task_outcomes", CallFault::Panic, 1);
-    })
-    .await;
-    wait_all_finished(&cluster, &client, &ids).await;
-    for id in &ids {
-        let task = client.task(*id).await.expect("task");
-        assert_eq!((task.state, task.attempts), (TaskState::Done, 1), "{task:?}");
-        assert_eq!(recorder.runs_of(*id).len(), 1);
-    }
-    assert!(worker.link().calls("record_task_outcomes") >= 2, "the write that panicked was sent again");
-    let later = enqueue(&client, TaskSpec::new("ok").partition(3)).await;
-    wait_state(&cluster, &client, later, TaskState::Done).await;
+    failed_coalesced_writes_are_written_again(CallFault::Panic, 1).await;
 }
 
 /// A coalesced write that never ends stops the partitions in it on this worker (their next
