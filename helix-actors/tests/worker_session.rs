@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use async_trait::async_trait;
 use helix_actors::TokioClock;
-use helix_actors::testing::CutOffStore;
+use helix_actors::testing::{CallFault, CutOffStore};
 use helix_actors::worker::{
     GetStatus, HandlerError, HandlerFactory, Kill, Leave, PartitionContext, PartitionHandler, PartitionState,
     RestartPolicy, WorkerSession, WorkerStatusReport,
@@ -609,4 +609,41 @@ async fn a_partition_of_a_queue_the_worker_does_not_serve_is_given_back_not_run(
     );
     assert!(calls(&env.log, Call::Assigned, 1).is_empty(), "ran a queue it does not serve");
     assert!(status(&session).await.partitions.iter().all(|p| p.queue == env.queue.id));
+}
+
+/// A give-back whose failure is answered only after the worker fenced itself (its answer is
+/// stale by then) is still tried again once the session renews: the partition is given back,
+/// not kept forever by a worker that neither runs it nor gives it up.
+#[actix::test]
+async fn a_give_back_that_failed_across_a_fence_is_tried_again_after_the_renewal() {
+    let mut env = Env::new(2).await;
+    // The fence lapses 2 s after the last renewal was sent, the lease runs 3 s.
+    env.config.safety_margin = Duration::from_secs(1);
+    let spec = QueueSpec::new(
+        DomainName::new("domain_order").expect("domain name"),
+        QueueName::new("not_served").expect("queue name"),
+        PartitionCount::new(2).expect("partition count"),
+    );
+    let other = env.mem.create_queue(&spec).await.expect("create queue");
+    let (id, session) = env.start_worker(recording_factory(&env.log, false)).await;
+    let change = PlanChange::Grant { partition: PartitionId(1), expected_epoch: Epoch(0), to: id };
+    env.mem.apply_plan(&env.fence, other.id, &[change]).await.expect("apply grant");
+    // The poll that shows both rows answers 200 ms after its heartbeat; the release it starts
+    // reaches the link 1.9 s later, when the worker has fenced itself and the link is cut off.
+    env.store.delay_polls(Duration::from_millis(200));
+    env.store.inject("release_partition", CallFault::Delay(Duration::from_millis(1_900)), 1);
+    let epoch = env.grant(0, id).await;
+    wait_until!("its own partition runs", runs(&session, env.queue.id, 0, epoch).await);
+    let started = Instant::now();
+    env.store.delay_polls(Duration::ZERO);
+    env.store.cut_off();
+    wait_until!("the worker fenced itself", status(&session).await.fenced);
+    tokio::time::sleep_until(started + Duration::from_millis(2_000)).await;
+    env.store.restore();
+    wait_until!("the worker renews", !status(&session).await.fenced);
+    let session_epoch = status(&session).await.session_epoch;
+    let released = || async { env.mem.assignments(other.id).await.expect("rows").rows[1].owner.is_none() };
+    wait_until!("the partition was given back", released().await);
+    assert_eq!(status(&session).await.session_epoch, session_epoch, "the same session gave it back");
+    assert!(calls(&env.log, Call::Assigned, 1).is_empty(), "ran a queue it does not serve");
 }
