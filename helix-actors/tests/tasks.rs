@@ -908,3 +908,33 @@ async fn a_fenced_partition_in_a_coalesced_write_ends_only_its_own_runner() {
     assert_eq!(task.attempts, 2, "{task:?}");
     assert!(task.claimed_epoch > Some(epoch), "{task:?}");
 }
+
+/// A task enqueued through a client of this process wakes its partition's runner here: due
+/// at once, it runs at once rather than at the worker's next poll (here a minute away);
+/// delayed, it runs at its due time, not before.
+#[actix::test]
+async fn a_task_enqueued_in_process_runs_at_once_not_at_the_next_poll() {
+    let (mut cluster, queue, client) = cluster(2).await;
+    let recorder = Recorder::default();
+    let queues = recorder.queues(&queue, TaskPolicy::default()).poll_interval(Duration::from_secs(60));
+    cluster.add_coordinator();
+    cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let first = enqueue(&client, TaskSpec::new("ok").partition(0)).await;
+    let second = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    wait_state(&cluster, &client, first, TaskState::Done).await;
+    wait_state(&cluster, &client, second, TaskState::Done).await;
+    cluster.advance(Duration::from_secs(5)).await;
+
+    let enqueued_at = Instant::now();
+    let now = enqueue(&client, TaskSpec::new("ok").partition(1)).await;
+    let later = enqueue(&client, TaskSpec::new("ok").partition(0).delay(Duration::from_secs(2))).await;
+    wait_state(&cluster, &client, now, TaskState::Done).await;
+    let ran = recorder.runs_of(now)[0].at - enqueued_at;
+    assert!(ran <= Duration::from_millis(50), "a task due at once ran {ran:?} after its enqueue");
+    wait_state(&cluster, &client, later, TaskState::Done).await;
+    let ran = recorder.runs_of(later)[0].at - enqueued_at;
+    assert!(
+        (Duration::from_secs(2)..=Duration::from_millis(2_050)).contains(&ran),
+        "a task delayed 2 s ran {ran:?} after its enqueue"
+    );
+}

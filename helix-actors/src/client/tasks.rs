@@ -170,7 +170,8 @@ impl Client {
     }
 
     /// Enqueues `task` in `domain/queue`; returns its id, or the id of the unfinished task
-    /// that holds its dedup key (`created: false`).
+    /// that holds its dedup key (`created: false`). A worker of this process that runs the
+    /// task's partition is woken at once (others find it at their next poll).
     ///
     /// # Errors
     /// [`ClientError::Invalid`] for a bad name; [`StoreError::NotFound`] for an unknown domain
@@ -197,15 +198,19 @@ impl Client {
     ) -> Result<Vec<Enqueued>, ClientError> {
         let (id, partitions) = self.queue_ref(domain, queue).await?;
         let tasks: Vec<NewTask> = tasks.into_iter().map(|t| t.resolve(partitions)).collect();
-        match self.store.enqueue_tasks(id, &tasks).await {
+        let (id, answers) = match self.store.enqueue_tasks(id, &tasks).await {
             // The queue was deleted (and maybe created again) since it was cached.
             Err(StoreError::NotFound(_)) => {
                 self.forget_queue(domain, queue);
                 let (id, _) = self.queue_ref(domain, queue).await?;
-                Ok(self.store.enqueue_tasks(id, &tasks).await?)
+                (id, self.store.enqueue_tasks(id, &tasks).await?)
             }
-            other => Ok(other?),
-        }
+            other => (id, other?),
+        };
+        // This process's runners of those partitions need not wait for their next poll.
+        let created = tasks.iter().zip(&answers).filter(|(_, answer)| answer.created);
+        crate::tasks::wake_local(id, created.map(|(task, _)| (task.partition, task.run_at)));
+        Ok(answers)
     }
 
     /// The task `id`, unfinished or finished: state, attempts, last error, timestamps.

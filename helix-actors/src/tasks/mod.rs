@@ -80,6 +80,7 @@ use helix_store::Store;
 
 pub use handler::{TaskContext, TaskHandler, TaskHandlerFn, TaskOutcome, task_handler_fn};
 pub use policy::{MAX_IN_FLIGHT, TaskPolicy};
+pub(crate) use runner::wake_local;
 
 use crate::worker::{HandlerError, HandlerFactory, PartitionContext, PartitionHandler};
 
@@ -139,7 +140,9 @@ impl TaskQueues {
 
     /// Polls for due tasks every `every` (at least 1 ms) instead of every
     /// [`DEFAULT_POLL_INTERVAL`]: a task enqueued by another process, or delayed, is found
-    /// within one interval. Each poll is one statement per task queue of the worker.
+    /// within one interval (one enqueued through a [`Client`](crate::client::Client) of this
+    /// process wakes its partition at once). Each poll is one statement per task queue of the
+    /// worker.
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll_interval = every.max(Duration::from_millis(1));
         self

@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use helix_core::{PartitionId, QueueId};
 use helix_store::{
-    MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, OwnerFence, PartitionOutcomes, Store, StoreError, StoreResult,
+    MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, OwnerFence, PartitionOutcomes, RunAt, Store, StoreError, StoreResult,
     TaskBatchOutcome, TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry,
 };
 use tokio::sync::{Notify, oneshot};
@@ -66,19 +66,65 @@ pub(crate) struct Slot {
     calls: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The registries of this process's task workers, for [`wake_local`].
+static LOCAL: Mutex<Vec<Weak<Registry>>> = Mutex::new(Vec::new());
+
+/// Wakes this process's runners of the partitions that tasks were just enqueued on, each
+/// given as `(partition, run_at)` in `queue`: a task due at once is claimed now rather than
+/// at the worker's next poll (`TaskQueues::poll_interval`), a later one at its due time (on
+/// the store's clock as last sampled by the poller, or at once before any sample: the claim
+/// then finds it not due and the poll brings it later). Only a hint to runners of this
+/// process: partitions run elsewhere wait for their owner's poll, and a runner of another
+/// store whose queue has the same id wakes for nothing (its claim finds nothing).
+pub(crate) fn wake_local(queue: QueueId, tasks: impl Iterator<Item = (PartitionId, RunAt)>) {
+    let registries: Vec<Arc<Registry>> = {
+        let mut local = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+        local.retain(|r| r.strong_count() > 0);
+        local.iter().filter_map(Weak::upgrade).collect()
+    };
+    if registries.is_empty() {
+        return;
+    }
+    let tasks: Vec<(PartitionId, RunAt)> = tasks.collect();
+    let now = Instant::now();
+    for registry in registries {
+        let offset = *registry.offset_ms.lock().unwrap_or_else(|e| e.into_inner());
+        for (partition, run_at) in &tasks {
+            let Some(slot) = registry.running((queue, *partition)) else { continue };
+            let at = match (run_at, offset) {
+                (RunAt::After(delay), _) if delay.is_zero() => now,
+                (RunAt::After(delay), _) => now + *delay + Duration::from_millis(1),
+                (RunAt::At(at), Some(offset)) => registry.local(*at, now, registry.local_ms(now) + offset),
+                (RunAt::At(_), None) => now,
+            };
+            slot.hint(at);
+        }
+    }
+}
+
 impl Registry {
     /// A registry whose partitions run at most `store_concurrency` store operations at once
     /// (at least 1; `TaskQueues::store_concurrency` bounds it) on `store`, their writes of
-    /// outcomes coalesced.
+    /// outcomes coalesced. In-process enqueues wake its runners ([`wake_local`]).
     pub(crate) fn new(store: Arc<dyn Store>, store_concurrency: usize) -> Arc<Self> {
         let permits = Arc::new(tokio::sync::Semaphore::new(store_concurrency.max(1)));
-        Arc::new(Self {
+        let registry = Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
             origin: Instant::now(),
             offset_ms: Mutex::new(None),
             outbox: Outbox::new(store, Arc::clone(&permits)),
             permits,
-        })
+        });
+        let mut local = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+        local.retain(|r| r.strong_count() > 0);
+        local.push(Arc::downgrade(&registry));
+        registry
+    }
+
+    /// The slot of `key` when a runner of it is alive here.
+    fn running(&self, key: PartitionKey) -> Option<Arc<Slot>> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.get(&key).filter(|slot| Arc::strong_count(slot) > 1).cloned()
     }
 
     fn slot(&self, key: PartitionKey) -> Arc<Slot> {
