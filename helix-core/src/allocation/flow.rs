@@ -1,9 +1,6 @@
 //! A small min-cost flow solver (primal-dual: Dijkstra on reduced costs, then a blocking flow
 //! over the edges of zero reduced cost), used to choose the "+1"s of a joint allocation.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 const INF: i64 = i64::MAX / 4;
 const DEAD: u32 = u32::MAX;
 
@@ -120,7 +117,7 @@ fn send(
     let mut dist = vec![INF; n];
     let mut level = vec![DEAD; n];
     let mut cursor = vec![0u32; n];
-    let mut heap = BinaryHeap::new();
+    let mut heap = RadixHeap::default();
     let mut queue = Vec::with_capacity(n);
     let mut path: Vec<u32> = Vec::new();
     let mut first = exact;
@@ -135,9 +132,9 @@ fn send(
             dist.fill(INF);
             dist[source] = 0;
             heap.clear();
-            heap.push(Reverse((0i64, source as u32)));
-            while let Some(Reverse((d, u))) = heap.pop() {
-                let u = u as usize;
+            heap.push(0, source as u32);
+            while let Some((d, u)) = heap.pop() {
+                let (d, u) = (d as i64, u as usize);
                 if d > dist[u] {
                     continue;
                 }
@@ -152,7 +149,7 @@ fn send(
                     let next = d + arc.cost + potential[u] - potential[v];
                     if next < dist[v] {
                         dist[v] = next;
-                        heap.push(Reverse((next, v as u32)));
+                        heap.push(next as u64, v as u32);
                     }
                 }
             }
@@ -249,6 +246,58 @@ fn send(
         }
     }
     sent
+}
+
+/// A monotone priority queue of non-negative integer keys (a radix heap): an entry waits in
+/// the bucket of the highest bit where its key differs from the last key popped, so each one
+/// is moved O(log key) times at most and nothing is compared twice. Dijkstra's keys never fall
+/// below the last one popped, which is all it needs; entries of equal keys come out in any
+/// order, which changes no distance.
+struct RadixHeap {
+    last: u64,
+    buckets: [Vec<(u64, u32)>; 65],
+}
+
+impl Default for RadixHeap {
+    fn default() -> Self {
+        Self { last: 0, buckets: std::array::from_fn(|_| Vec::new()) }
+    }
+}
+
+impl RadixHeap {
+    fn bucket(&self, key: u64) -> usize {
+        (u64::BITS - (key ^ self.last).leading_zeros()) as usize
+    }
+
+    fn clear(&mut self) {
+        self.last = 0;
+        for bucket in &mut self.buckets {
+            bucket.clear();
+        }
+    }
+
+    /// Adds `value` with `key`, which must be at least the last key popped.
+    fn push(&mut self, key: u64, value: u32) {
+        debug_assert!(key >= self.last);
+        let bucket = self.bucket(key);
+        self.buckets[bucket].push((key, value));
+    }
+
+    /// An entry of the smallest key.
+    fn pop(&mut self) -> Option<(u64, u32)> {
+        if self.buckets[0].is_empty() {
+            let index = self.buckets.iter().position(|bucket| !bucket.is_empty())?;
+            let mut moving = std::mem::take(&mut self.buckets[index]);
+            self.last = moving.iter().map(|&(key, _)| key).min().unwrap_or(self.last);
+            for (key, value) in moving.drain(..) {
+                let bucket = self.bucket(key);
+                self.buckets[bucket].push((key, value));
+            }
+            // Keep the emptied vector's room for later.
+            self.buckets[index] = moving;
+        }
+        self.buckets[0].pop()
+    }
 }
 
 #[cfg(test)]
