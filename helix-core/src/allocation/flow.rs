@@ -121,6 +121,9 @@ fn send(
     let mut queue = Vec::with_capacity(n);
     let mut path: Vec<u32> = Vec::new();
     let mut first = exact;
+    // Whether the last level search found no path: then it reached exactly the nodes at
+    // distance 0, and left in `dist` every other node's least reduced cost from them.
+    let mut searched = false;
     while sent < wanted {
         if std::mem::take(&mut first) {
             // The potentials are the distances already: every shortest path is admissible.
@@ -129,10 +132,22 @@ fn send(
             // Shortest distances on reduced costs. The search stops once the sink is settled:
             // every node not settled yet is at least as far, and its potential grows by the
             // sink's distance either way.
-            dist.fill(INF);
-            dist[source] = 0;
             heap.clear();
-            heap.push(0, source as u32);
+            if std::mem::take(&mut searched) {
+                // Resume from the level search instead of scanning its nodes again.
+                for &u in &queue {
+                    dist[u as usize] = 0;
+                }
+                for (v, &d) in dist.iter().enumerate() {
+                    if d > 0 && d < INF {
+                        heap.push(d as u64, v as u32);
+                    }
+                }
+            } else {
+                dist.fill(INF);
+                dist[source] = 0;
+                heap.push(0, source as u32);
+            }
             while let Some((d, u)) = heap.pop() {
                 let (d, u) = (d as i64, u as usize);
                 if d > dist[u] {
@@ -165,8 +180,11 @@ fn send(
         loop {
             // Levels by breadth-first search, up to the sink's: a node the search has not
             // reached by then cannot lie on a shortest admissible path, so it stays dead.
+            // Other nodes' least reduced cost from the reached ones is kept on the way, for
+            // the shortest-path search that follows when the sink is not reached.
             level.fill(DEAD);
             level[source] = 0;
+            dist.fill(INF);
             queue.clear();
             queue.push(source as u32);
             let mut head = 0;
@@ -176,16 +194,22 @@ fn send(
                 let (next, reduced) = (level[u] + 1, potential[u]);
                 for arc in &arcs[start[u] as usize..start[u + 1] as usize] {
                     let v = arc.to as usize;
-                    if arc.cap > 0 && level[v] == DEAD && arc.cost + reduced == potential[v] {
-                        level[v] = next;
-                        if v == sink {
-                            break 'search;
+                    if arc.cap > 0 && level[v] == DEAD {
+                        let cost = arc.cost + reduced - potential[v];
+                        if cost == 0 {
+                            level[v] = next;
+                            if v == sink {
+                                break 'search;
+                            }
+                            queue.push(v as u32);
+                        } else if cost < dist[v] {
+                            dist[v] = cost;
                         }
-                        queue.push(v as u32);
                     }
                 }
             }
             if level[sink] == DEAD {
+                searched = true;
                 break;
             }
             cursor.copy_from_slice(&start[..n]);
