@@ -583,13 +583,36 @@ pub(crate) fn allocate_joint(
         let queues = inputs.len();
         let (source, sink) = (0, 1);
         let worker_node = |w: usize| 2 + queues + w;
-        let fractional =
-            |share: &Shares| share.uncapped.iter().filter(|&&i| share.remainder[i as usize] != 0).count();
-        let cell_count: usize = shares.iter().map(fractional).sum();
-        let mut network =
-            Network::with_capacity(2 + queues + worker_count, queues + cell_count + 2 * worker_count);
-        let mut potential = vec![0i64; 2 + queues + worker_count];
-        let mut cells: Vec<(usize, u32, usize)> = Vec::with_capacity(cell_count);
+        // Every node's number of edges first, so the network is written straight in place.
+        let nodes = 2 + queues + worker_count;
+        let mut degrees = vec![0u32; nodes];
+        let mut cell_count = 0;
+        for (queue, share) in shares.iter().enumerate() {
+            degrees[2 + queue] = 1;
+            for &local in &share.uncapped {
+                if share.remainder[local as usize] != 0 {
+                    degrees[2 + queue] += 1;
+                    degrees[worker_node(global(queue, local))] += 1;
+                    cell_count += 1;
+                }
+            }
+        }
+        degrees[source] = queues as u32;
+        let bounds: Vec<(i64, i64)> = sums
+            .iter()
+            .map(|sum| {
+                let (low, high) = sum.bounds();
+                (low as i64, high as i64)
+            })
+            .collect();
+        for (w, &(low, high)) in bounds.iter().enumerate() {
+            let edges = u32::from(low > 0) + u32::from(high > low);
+            degrees[worker_node(w)] += edges;
+            degrees[sink] += edges;
+        }
+        let mut network = Network::with_degrees(&degrees);
+        let mut potential = vec![0i64; nodes];
+        let mut cells = Vec::with_capacity(cell_count);
         for (queue, share) in shares.iter().enumerate() {
             network.add_edge(source, 2 + queue, share.extra as i64, 0);
             for &local in &share.uncapped {
@@ -608,9 +631,7 @@ pub(crate) fn allocate_joint(
         }
         let forced = wanted + 1;
         let mut sink_potential = 0i64;
-        for (w, sum) in sums.iter().enumerate() {
-            let (low, high) = sum.bounds();
-            let (low, high) = (low as i64, high as i64);
+        for (w, &(low, high)) in bounds.iter().enumerate() {
             let node = worker_node(w);
             if low > 0 {
                 network.add_edge(node, sink, low, -forced);

@@ -4,16 +4,16 @@
 const INF: i64 = i64::MAX / 4;
 const DEAD: u32 = u32::MAX;
 
-/// A directed network with integer capacities and costs.
-#[derive(Debug, Default)]
+/// A directed network with integer capacities and costs, its arcs stored grouped by the node
+/// they leave: every node's number of edges is given up front, so each edge is written once,
+/// straight to its place.
+#[derive(Debug)]
 pub(crate) struct Network {
-    nodes: usize,
-    tail: Vec<u32>,
-    head: Vec<u32>,
-    cap: Vec<i64>,
-    cost: Vec<i64>,
-    /// The flow on every edge, once [`Network::min_cost_flow`] has run.
-    flow: Vec<i64>,
+    /// Where every node's arcs start in `arcs` (one more entry at the end).
+    start: Vec<u32>,
+    /// Where the next arc of every node goes while edges are added.
+    fill: Vec<u32>,
+    arcs: Vec<Arc>,
 }
 
 /// One direction of an edge in the residual network: an edge `u → v` is an arc of `u` towards
@@ -27,33 +27,41 @@ struct Arc {
     cost: i64,
 }
 
+/// An edge of a [`Network`], to read its flow with [`Network::flow`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Edge(u32);
+
 impl Network {
-    /// A network of `nodes` nodes, with room for `edges` edges.
-    pub(crate) fn with_capacity(nodes: usize, edges: usize) -> Self {
-        Self {
-            nodes,
-            tail: Vec::with_capacity(edges),
-            head: Vec::with_capacity(edges),
-            cap: Vec::with_capacity(edges),
-            cost: Vec::with_capacity(edges),
-            flow: Vec::new(),
+    /// A network whose node `u` has `degrees[u]` edges (as tail or head; a loop counts twice).
+    pub(crate) fn with_degrees(degrees: &[u32]) -> Self {
+        let mut start = Vec::with_capacity(degrees.len() + 1);
+        let mut total = 0u32;
+        start.push(0);
+        for &degree in degrees {
+            total += degree;
+            start.push(total);
         }
+        let fill = start[..degrees.len()].to_vec();
+        let arcs = vec![Arc { to: 0, twin: 0, cap: 0, cost: 0 }; total as usize];
+        Self { start, fill, arcs }
     }
 
-    /// Adds an edge `u → v` and returns its index (its flow is read with [`Network::flow`]).
-    pub(crate) fn add_edge(&mut self, u: usize, v: usize, cap: i64, cost: i64) -> usize {
-        let index = self.tail.len();
-        self.tail.push(u as u32);
-        self.head.push(v as u32);
-        self.cap.push(cap);
-        self.cost.push(cost);
-        index
+    /// Adds an edge `u → v`. Every node's arcs are kept in the order their edges were added
+    /// (an edge's arc at its tail and its twin at its head).
+    pub(crate) fn add_edge(&mut self, u: usize, v: usize, cap: i64, cost: i64) -> Edge {
+        let a = self.fill[u];
+        self.fill[u] += 1;
+        let b = self.fill[v];
+        self.fill[v] += 1;
+        debug_assert!(a < self.start[u + 1] && b < self.start[v + 1], "more edges than the degree");
+        self.arcs[a as usize] = Arc { to: v as u32, twin: b, cap, cost };
+        self.arcs[b as usize] = Arc { to: u as u32, twin: a, cap: 0, cost: -cost };
+        Edge(b)
     }
 
-    /// The flow on edge `edge`, as returned by [`Network::add_edge`] (0 before
-    /// [`Network::min_cost_flow`]).
-    pub(crate) fn flow(&self, edge: usize) -> i64 {
-        self.flow.get(edge).copied().unwrap_or(0)
+    /// The flow on `edge` (0 before [`Network::min_cost_flow`]): the capacity of its twin.
+    pub(crate) fn flow(&self, edge: Edge) -> i64 {
+        self.arcs[edge.0 as usize].cap
     }
 
     /// Sends up to `wanted` units from `source` to `sink` at the least total cost, starting
@@ -62,8 +70,8 @@ impl Network {
     /// node's distance from `source` (`exact`), the first shortest-path search is skipped.
     /// Returns the flow sent.
     ///
-    /// Every node's arcs are scanned in the order their edges were added (an edge's arc at its
-    /// tail and its twin at its head), which fixes the flow chosen among equally cheap ones.
+    /// Every node's arcs are scanned in the order their edges were added, which fixes the
+    /// flow chosen among equally cheap ones.
     pub(crate) fn min_cost_flow(
         &mut self,
         source: usize,
@@ -72,33 +80,8 @@ impl Network {
         mut potential: Vec<i64>,
         exact: bool,
     ) -> i64 {
-        let n = self.nodes;
-        let edges = self.tail.len();
-        // Arcs grouped by the node they leave, each node's in the order of their edges.
-        let mut start = vec![0u32; n + 1];
-        for (&u, &v) in self.tail.iter().zip(&self.head) {
-            start[u as usize + 1] += 1;
-            start[v as usize + 1] += 1;
-        }
-        for i in 0..n {
-            start[i + 1] += start[i];
-        }
-        let mut fill = start.clone();
-        let mut forward = Vec::with_capacity(edges);
-        let mut arcs = vec![Arc { to: 0, twin: 0, cap: 0, cost: 0 }; 2 * edges];
-        for edge in 0..edges {
-            let (u, v) = (self.tail[edge] as usize, self.head[edge] as usize);
-            let (a, b) = (fill[u], fill[v] + u32::from(u == v));
-            fill[u] += 1;
-            fill[v] += 1;
-            arcs[a as usize] = Arc { to: v as u32, twin: b, cap: self.cap[edge], cost: self.cost[edge] };
-            arcs[b as usize] = Arc { to: u as u32, twin: a, cap: 0, cost: -self.cost[edge] };
-            forward.push(a);
-        }
-
-        let sent = send(&mut arcs, &start, source, sink, wanted, &mut potential, exact);
-        self.flow = forward.iter().map(|&a| arcs[arcs[a as usize].twin as usize].cap).collect();
-        sent
+        debug_assert!(self.fill.iter().zip(&self.start[1..]).all(|(fill, end)| fill == end));
+        send(&mut self.arcs, &self.start, source, sink, wanted, &mut potential, exact)
     }
 }
 
@@ -331,7 +314,7 @@ mod tests {
     #[test]
     fn picks_the_cheaper_route() {
         // 0 → 1 → 3 costs 1, 0 → 2 → 3 costs 5; capacity 1 each except 0 → 1 of 2.
-        let mut network = Network::with_capacity(4, 4);
+        let mut network = Network::with_degrees(&[2, 2, 2, 2]);
         let a = network.add_edge(0, 1, 2, 0);
         let b = network.add_edge(1, 3, 1, 1);
         let c = network.add_edge(0, 2, 2, 0);
