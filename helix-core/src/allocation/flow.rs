@@ -104,6 +104,18 @@ fn send(
     let mut queue = Vec::with_capacity(n);
     let mut path: Vec<u32> = Vec::new();
     let mut first = exact;
+    // Every node's arcs into the sink, in order (arcs never change their ends).
+    let mut into_sink_start = Vec::with_capacity(n + 1);
+    let mut into_sink: Vec<u32> = Vec::new();
+    for u in 0..n {
+        into_sink_start.push(into_sink.len());
+        for a in start[u]..start[u + 1] {
+            if arcs[a as usize].to as usize == sink {
+                into_sink.push(a);
+            }
+        }
+    }
+    into_sink_start.push(into_sink.len());
     // Whether the last level search found no path: then it reached exactly the nodes at
     // distance 0, and left in `dist` every other node's least reduced cost from them.
     let mut searched = false;
@@ -225,10 +237,20 @@ fn send(
                 let (next, reduced) = (level[u] + 1, potential[u]);
                 let end = start[u + 1] as usize;
                 let from = cursor[u] as usize;
-                let found = arcs[from..end].iter().position(|arc| {
-                    let v = arc.to as usize;
-                    arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
-                });
+                let found = if next == level[sink] {
+                    // Only the sink leads anywhere from its level (the level search stopped
+                    // there, so no node has a higher one): only arcs into it need a look.
+                    into_sink[into_sink_start[u]..into_sink_start[u + 1]]
+                        .iter()
+                        .map(|&a| a as usize)
+                        .find(|&a| a >= from && arcs[a].cap > 0 && arcs[a].cost + reduced == potential[sink])
+                        .map(|a| a - from)
+                } else {
+                    arcs[from..end].iter().position(|arc| {
+                        let v = arc.to as usize;
+                        arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
+                    })
+                };
                 if let Some(offset) = found {
                     cursor[u] = (from + offset) as u32;
                     path.push(cursor[u]);
