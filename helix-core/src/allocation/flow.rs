@@ -104,18 +104,19 @@ fn send(
     let mut queue = Vec::with_capacity(n);
     let mut path: Vec<u32> = Vec::new();
     let mut first = exact;
-    // Every node's arcs into the sink, in order (arcs never change their ends).
+    // Every node's arcs into the sink, in order (arcs never change their ends): the twins of
+    // the sink's own arcs, sorted, which groups them by node.
+    let mut into_sink: Vec<u32> =
+        arcs[start[sink] as usize..start[sink + 1] as usize].iter().map(|arc| arc.twin).collect();
+    into_sink.sort_unstable();
     let mut into_sink_start = Vec::with_capacity(n + 1);
-    let mut into_sink: Vec<u32> = Vec::new();
-    for u in 0..n {
-        into_sink_start.push(into_sink.len());
-        for a in start[u]..start[u + 1] {
-            if arcs[a as usize].to as usize == sink {
-                into_sink.push(a);
-            }
+    let mut next = 0;
+    for &first in start {
+        while next < into_sink.len() && into_sink[next] < first {
+            next += 1;
         }
+        into_sink_start.push(next);
     }
-    into_sink_start.push(into_sink.len());
     // Whether the last level search found no path: then it reached exactly the nodes at
     // distance 0, and left in `dist` every other node's least reduced cost from them.
     let mut searched = false;
