@@ -240,32 +240,24 @@ impl Receivers {
     }
 
     /// The worker that takes the next partition, if any worker still has room.
-    fn take(&mut self, deficit: &mut [u32]) -> Option<u32> {
+    fn take(&mut self, deficit: &[u32]) -> Option<u32> {
         loop {
             let to = *self.order.get(self.position)?;
             if self.left > 0 {
                 self.left -= 1;
                 return Some(to);
             }
-            deficit[to as usize] = 0;
             self.position += 1;
             self.left = self.order.get(self.position).map_or(0, |&next| deficit[next as usize]);
         }
     }
 
     /// Up to `most` slots of one worker at once: the worker and how many it takes.
-    fn take_run(&mut self, deficit: &mut [u32], most: u64) -> Option<(u32, u32)> {
+    fn take_run(&mut self, deficit: &[u32], most: u64) -> Option<(u32, u32)> {
         let to = self.take(deficit)?;
         let run = u64::from(self.left).min(most.saturating_sub(1)) as u32;
         self.left -= run;
         Some((to, run + 1))
-    }
-
-    /// Writes the remaining deficit of the worker being filled back.
-    fn finish(self, deficit: &mut [u32]) {
-        if let Some(&to) = self.order.get(self.position) {
-            deficit[to as usize] = self.left;
-        }
     }
 }
 
@@ -300,14 +292,19 @@ fn place(
     let partition_count = input.partition_count();
     let current = input.current;
 
-    // How many partitions each worker must give up: everything for an ineligible worker,
-    // what is above its quota for an eligible one.
-    let mut excess: Vec<u32> = (0..n)
-        .map(|i| if prepared.eligible[i] { count[i].saturating_sub(quota[i]) } else { count[i] })
-        .collect();
-    let held_by_live: u64 = count.iter().map(|&c| u64::from(c)).sum();
+    // How many partitions each worker must give up (everything for an ineligible worker,
+    // what is above its quota for an eligible one) and how many it must receive, in one pass.
+    let mut excess: Vec<u32> = Vec::with_capacity(n);
+    let mut deficit: Vec<u32> = Vec::with_capacity(n);
+    let (mut held_by_live, mut to_release) = (0u64, 0u64);
+    for ((&held, &quota), &eligible) in count.iter().zip(quota).zip(&prepared.eligible) {
+        let over = if eligible { held.saturating_sub(quota) } else { held };
+        held_by_live += u64::from(held);
+        to_release += u64::from(over);
+        excess.push(over);
+        deficit.push(quota.saturating_sub(held));
+    }
     let orphans = u64::from(partition_count) - held_by_live;
-    let mut to_release: u64 = excess.iter().map(|&e| u64::from(e)).sum();
 
     // Start from the current owners, renumbered (a plain copy when the numbering is the same,
     // as when the previous result is fed back and workers joined at the end of the id order).
@@ -347,11 +344,10 @@ fn place(
 
     // Fill every eligible worker up to its quota: orphans first (placing them moves nothing
     // that runs), then partitions of ineligible workers, then the excess of others.
-    let deficit_before: Vec<u32> = (0..n).map(|i| quota[i].saturating_sub(count[i])).collect();
-    let mut deficit = deficit_before.clone();
     let order: Vec<u32> =
         prepared.eligible_indices.iter().copied().filter(|&i| deficit[i as usize] > 0).collect();
     let mut receivers = Receivers::new(order, &deficit);
+    // Every partition a worker takes is counted as it is handed out.
     let reason = prepared.unassigned_reason();
     let mut unassigned = Vec::new();
 
@@ -360,7 +356,8 @@ fn place(
     let mut orphans_left = orphans;
     let mut cursor = 0;
     while orphans_left > 0 {
-        let Some((to, run)) = receivers.take_run(&mut deficit, orphans_left) else { break };
+        let Some((to, run)) = receivers.take_run(&deficit, orphans_left) else { break };
+        count[to as usize] += run;
         let mut wanted = run;
         for slot in &mut owners[cursor..] {
             cursor += 1;
@@ -394,17 +391,16 @@ fn place(
         moves_left -= 1;
         let slot = &mut owners[partition as usize];
         count[*slot as usize] -= 1;
-        match receivers.take(&mut deficit) {
-            Some(to) => *slot = to,
+        match receivers.take(&deficit) {
+            Some(to) => {
+                *slot = to;
+                count[to as usize] += 1;
+            }
             None => {
                 *slot = NONE;
                 unassigned.push(Unassigned { partition: PartitionId(partition), reason });
             }
         }
-    }
-    receivers.finish(&mut deficit);
-    for &i in &prepared.eligible_indices {
-        count[i as usize] += deficit_before[i as usize] - deficit[i as usize];
     }
     unassigned.sort_unstable();
     Allocation { assignment: Assignment::from_trusted_parts(prepared.ids.clone(), owners, count), unassigned }
@@ -583,13 +579,36 @@ pub(crate) fn allocate_joint(
         let queues = inputs.len();
         let (source, sink) = (0, 1);
         let worker_node = |w: usize| 2 + queues + w;
-        let fractional =
-            |share: &Shares| share.uncapped.iter().filter(|&&i| share.remainder[i as usize] != 0).count();
-        let cell_count: usize = shares.iter().map(fractional).sum();
-        let mut network =
-            Network::with_capacity(2 + queues + worker_count, queues + cell_count + 2 * worker_count);
-        let mut potential = vec![0i64; 2 + queues + worker_count];
-        let mut cells: Vec<(usize, u32, usize)> = Vec::with_capacity(cell_count);
+        // Every node's number of edges first, so the network is written straight in place.
+        let nodes = 2 + queues + worker_count;
+        let mut degrees = vec![0u32; nodes];
+        let mut cell_count = 0;
+        for (queue, share) in shares.iter().enumerate() {
+            degrees[2 + queue] = 1;
+            for &local in &share.uncapped {
+                if share.remainder[local as usize] != 0 {
+                    degrees[2 + queue] += 1;
+                    degrees[worker_node(global(queue, local))] += 1;
+                    cell_count += 1;
+                }
+            }
+        }
+        degrees[source] = queues as u32;
+        let bounds: Vec<(i64, i64)> = sums
+            .iter()
+            .map(|sum| {
+                let (low, high) = sum.bounds();
+                (low as i64, high as i64)
+            })
+            .collect();
+        for (w, &(low, high)) in bounds.iter().enumerate() {
+            let edges = u32::from(low > 0) + u32::from(high > low);
+            degrees[worker_node(w)] += edges;
+            degrees[sink] += edges;
+        }
+        let mut network = Network::with_degrees(&degrees);
+        let mut potential = vec![0i64; nodes];
+        let mut cells = Vec::with_capacity(cell_count);
         for (queue, share) in shares.iter().enumerate() {
             network.add_edge(source, 2 + queue, share.extra as i64, 0);
             for &local in &share.uncapped {
@@ -608,9 +627,7 @@ pub(crate) fn allocate_joint(
         }
         let forced = wanted + 1;
         let mut sink_potential = 0i64;
-        for (w, sum) in sums.iter().enumerate() {
-            let (low, high) = sum.bounds();
-            let (low, high) = (low as i64, high as i64);
+        for (w, &(low, high)) in bounds.iter().enumerate() {
             let node = worker_node(w);
             if low > 0 {
                 network.add_edge(node, sink, low, -forced);

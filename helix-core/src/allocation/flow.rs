@@ -1,22 +1,19 @@
 //! A small min-cost flow solver (primal-dual: Dijkstra on reduced costs, then a blocking flow
 //! over the edges of zero reduced cost), used to choose the "+1"s of a joint allocation.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 const INF: i64 = i64::MAX / 4;
 const DEAD: u32 = u32::MAX;
 
-/// A directed network with integer capacities and costs.
-#[derive(Debug, Default)]
+/// A directed network with integer capacities and costs, its arcs stored grouped by the node
+/// they leave: every node's number of edges is given up front, so each edge is written once,
+/// straight to its place.
+#[derive(Debug)]
 pub(crate) struct Network {
-    nodes: usize,
-    tail: Vec<u32>,
-    head: Vec<u32>,
-    cap: Vec<i64>,
-    cost: Vec<i64>,
-    /// The flow on every edge, once [`Network::min_cost_flow`] has run.
-    flow: Vec<i64>,
+    /// Where every node's arcs start in `arcs` (one more entry at the end).
+    start: Vec<u32>,
+    /// Where the next arc of every node goes while edges are added.
+    fill: Vec<u32>,
+    arcs: Vec<Arc>,
 }
 
 /// One direction of an edge in the residual network: an edge `u → v` is an arc of `u` towards
@@ -30,33 +27,41 @@ struct Arc {
     cost: i64,
 }
 
+/// An edge of a [`Network`], to read its flow with [`Network::flow`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Edge(u32);
+
 impl Network {
-    /// A network of `nodes` nodes, with room for `edges` edges.
-    pub(crate) fn with_capacity(nodes: usize, edges: usize) -> Self {
-        Self {
-            nodes,
-            tail: Vec::with_capacity(edges),
-            head: Vec::with_capacity(edges),
-            cap: Vec::with_capacity(edges),
-            cost: Vec::with_capacity(edges),
-            flow: Vec::new(),
+    /// A network whose node `u` has `degrees[u]` edges (as tail or head; a loop counts twice).
+    pub(crate) fn with_degrees(degrees: &[u32]) -> Self {
+        let mut start = Vec::with_capacity(degrees.len() + 1);
+        let mut total = 0u32;
+        start.push(0);
+        for &degree in degrees {
+            total += degree;
+            start.push(total);
         }
+        let fill = start[..degrees.len()].to_vec();
+        let arcs = vec![Arc { to: 0, twin: 0, cap: 0, cost: 0 }; total as usize];
+        Self { start, fill, arcs }
     }
 
-    /// Adds an edge `u → v` and returns its index (its flow is read with [`Network::flow`]).
-    pub(crate) fn add_edge(&mut self, u: usize, v: usize, cap: i64, cost: i64) -> usize {
-        let index = self.tail.len();
-        self.tail.push(u as u32);
-        self.head.push(v as u32);
-        self.cap.push(cap);
-        self.cost.push(cost);
-        index
+    /// Adds an edge `u → v`. Every node's arcs are kept in the order their edges were added
+    /// (an edge's arc at its tail and its twin at its head).
+    pub(crate) fn add_edge(&mut self, u: usize, v: usize, cap: i64, cost: i64) -> Edge {
+        let a = self.fill[u];
+        self.fill[u] += 1;
+        let b = self.fill[v];
+        self.fill[v] += 1;
+        debug_assert!(a < self.start[u + 1] && b < self.start[v + 1], "more edges than the degree");
+        self.arcs[a as usize] = Arc { to: v as u32, twin: b, cap, cost };
+        self.arcs[b as usize] = Arc { to: u as u32, twin: a, cap: 0, cost: -cost };
+        Edge(b)
     }
 
-    /// The flow on edge `edge`, as returned by [`Network::add_edge`] (0 before
-    /// [`Network::min_cost_flow`]).
-    pub(crate) fn flow(&self, edge: usize) -> i64 {
-        self.flow.get(edge).copied().unwrap_or(0)
+    /// The flow on `edge` (0 before [`Network::min_cost_flow`]): the capacity of its twin.
+    pub(crate) fn flow(&self, edge: Edge) -> i64 {
+        self.arcs[edge.0 as usize].cap
     }
 
     /// Sends up to `wanted` units from `source` to `sink` at the least total cost, starting
@@ -65,8 +70,8 @@ impl Network {
     /// node's distance from `source` (`exact`), the first shortest-path search is skipped.
     /// Returns the flow sent.
     ///
-    /// Every node's arcs are scanned in the order their edges were added (an edge's arc at its
-    /// tail and its twin at its head), which fixes the flow chosen among equally cheap ones.
+    /// Every node's arcs are scanned in the order their edges were added, which fixes the
+    /// flow chosen among equally cheap ones.
     pub(crate) fn min_cost_flow(
         &mut self,
         source: usize,
@@ -75,33 +80,8 @@ impl Network {
         mut potential: Vec<i64>,
         exact: bool,
     ) -> i64 {
-        let n = self.nodes;
-        let edges = self.tail.len();
-        // Arcs grouped by the node they leave, each node's in the order of their edges.
-        let mut start = vec![0u32; n + 1];
-        for (&u, &v) in self.tail.iter().zip(&self.head) {
-            start[u as usize + 1] += 1;
-            start[v as usize + 1] += 1;
-        }
-        for i in 0..n {
-            start[i + 1] += start[i];
-        }
-        let mut fill = start.clone();
-        let mut forward = Vec::with_capacity(edges);
-        let mut arcs = vec![Arc { to: 0, twin: 0, cap: 0, cost: 0 }; 2 * edges];
-        for edge in 0..edges {
-            let (u, v) = (self.tail[edge] as usize, self.head[edge] as usize);
-            let (a, b) = (fill[u], fill[v] + u32::from(u == v));
-            fill[u] += 1;
-            fill[v] += 1;
-            arcs[a as usize] = Arc { to: v as u32, twin: b, cap: self.cap[edge], cost: self.cost[edge] };
-            arcs[b as usize] = Arc { to: u as u32, twin: a, cap: 0, cost: -self.cost[edge] };
-            forward.push(a);
-        }
-
-        let sent = send(&mut arcs, &start, source, sink, wanted, &mut potential, exact);
-        self.flow = forward.iter().map(|&a| arcs[arcs[a as usize].twin as usize].cap).collect();
-        sent
+        debug_assert!(self.fill.iter().zip(&self.start[1..]).all(|(fill, end)| fill == end));
+        send(&mut self.arcs, &self.start, source, sink, wanted, &mut potential, exact)
     }
 }
 
@@ -120,10 +100,26 @@ fn send(
     let mut dist = vec![INF; n];
     let mut level = vec![DEAD; n];
     let mut cursor = vec![0u32; n];
-    let mut heap = BinaryHeap::new();
+    let mut heap = RadixHeap::default();
     let mut queue = Vec::with_capacity(n);
     let mut path: Vec<u32> = Vec::new();
     let mut first = exact;
+    // Every node's arcs into the sink, in order (arcs never change their ends): the twins of
+    // the sink's own arcs, sorted, which groups them by node.
+    let mut into_sink: Vec<u32> =
+        arcs[start[sink] as usize..start[sink + 1] as usize].iter().map(|arc| arc.twin).collect();
+    into_sink.sort_unstable();
+    let mut into_sink_start = Vec::with_capacity(n + 1);
+    let mut next = 0;
+    for &first in start {
+        while next < into_sink.len() && into_sink[next] < first {
+            next += 1;
+        }
+        into_sink_start.push(next);
+    }
+    // Whether the last level search found no path: then it reached exactly the nodes at
+    // distance 0, and left in `dist` every other node's least reduced cost from them.
+    let mut searched = false;
     while sent < wanted {
         if std::mem::take(&mut first) {
             // The potentials are the distances already: every shortest path is admissible.
@@ -132,12 +128,24 @@ fn send(
             // Shortest distances on reduced costs. The search stops once the sink is settled:
             // every node not settled yet is at least as far, and its potential grows by the
             // sink's distance either way.
-            dist.fill(INF);
-            dist[source] = 0;
             heap.clear();
-            heap.push(Reverse((0i64, source as u32)));
-            while let Some(Reverse((d, u))) = heap.pop() {
-                let u = u as usize;
+            if std::mem::take(&mut searched) {
+                // Resume from the level search instead of scanning its nodes again.
+                for &u in &queue {
+                    dist[u as usize] = 0;
+                }
+                for (v, &d) in dist.iter().enumerate() {
+                    if d > 0 && d < INF {
+                        heap.push(d as u64, v as u32);
+                    }
+                }
+            } else {
+                dist.fill(INF);
+                dist[source] = 0;
+                heap.push(0, source as u32);
+            }
+            while let Some((d, u)) = heap.pop() {
+                let (d, u) = (d as i64, u as usize);
                 if d > dist[u] {
                     continue;
                 }
@@ -152,7 +160,7 @@ fn send(
                     let next = d + arc.cost + potential[u] - potential[v];
                     if next < dist[v] {
                         dist[v] = next;
-                        heap.push(Reverse((next, v as u32)));
+                        heap.push(next as u64, v as u32);
                     }
                 }
             }
@@ -168,8 +176,11 @@ fn send(
         loop {
             // Levels by breadth-first search, up to the sink's: a node the search has not
             // reached by then cannot lie on a shortest admissible path, so it stays dead.
+            // Other nodes' least reduced cost from the reached ones is kept on the way, for
+            // the shortest-path search that follows when the sink is not reached.
             level.fill(DEAD);
             level[source] = 0;
+            dist.fill(INF);
             queue.clear();
             queue.push(source as u32);
             let mut head = 0;
@@ -179,16 +190,22 @@ fn send(
                 let (next, reduced) = (level[u] + 1, potential[u]);
                 for arc in &arcs[start[u] as usize..start[u + 1] as usize] {
                     let v = arc.to as usize;
-                    if arc.cap > 0 && level[v] == DEAD && arc.cost + reduced == potential[v] {
-                        level[v] = next;
-                        if v == sink {
-                            break 'search;
+                    if arc.cap > 0 && level[v] == DEAD {
+                        let cost = arc.cost + reduced - potential[v];
+                        if cost == 0 {
+                            level[v] = next;
+                            if v == sink {
+                                break 'search;
+                            }
+                            queue.push(v as u32);
+                        } else if cost < dist[v] {
+                            dist[v] = cost;
                         }
-                        queue.push(v as u32);
                     }
                 }
             }
             if level[sink] == DEAD {
+                searched = true;
                 break;
             }
             cursor.copy_from_slice(&start[..n]);
@@ -221,10 +238,20 @@ fn send(
                 let (next, reduced) = (level[u] + 1, potential[u]);
                 let end = start[u + 1] as usize;
                 let from = cursor[u] as usize;
-                let found = arcs[from..end].iter().position(|arc| {
-                    let v = arc.to as usize;
-                    arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
-                });
+                let found = if next == level[sink] {
+                    // Only the sink leads anywhere from its level (the level search stopped
+                    // there, so no node has a higher one): only arcs into it need a look.
+                    into_sink[into_sink_start[u]..into_sink_start[u + 1]]
+                        .iter()
+                        .map(|&a| a as usize)
+                        .find(|&a| a >= from && arcs[a].cap > 0 && arcs[a].cost + reduced == potential[sink])
+                        .map(|a| a - from)
+                } else {
+                    arcs[from..end].iter().position(|arc| {
+                        let v = arc.to as usize;
+                        arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
+                    })
+                };
                 if let Some(offset) = found {
                     cursor[u] = (from + offset) as u32;
                     path.push(cursor[u]);
@@ -251,6 +278,58 @@ fn send(
     sent
 }
 
+/// A monotone priority queue of non-negative integer keys (a radix heap): an entry waits in
+/// the bucket of the highest bit where its key differs from the last key popped, so each one
+/// is moved O(log key) times at most and nothing is compared twice. Dijkstra's keys never fall
+/// below the last one popped, which is all it needs; entries of equal keys come out in any
+/// order, which changes no distance.
+struct RadixHeap {
+    last: u64,
+    buckets: [Vec<(u64, u32)>; 65],
+}
+
+impl Default for RadixHeap {
+    fn default() -> Self {
+        Self { last: 0, buckets: std::array::from_fn(|_| Vec::new()) }
+    }
+}
+
+impl RadixHeap {
+    fn bucket(&self, key: u64) -> usize {
+        (u64::BITS - (key ^ self.last).leading_zeros()) as usize
+    }
+
+    fn clear(&mut self) {
+        self.last = 0;
+        for bucket in &mut self.buckets {
+            bucket.clear();
+        }
+    }
+
+    /// Adds `value` with `key`, which must be at least the last key popped.
+    fn push(&mut self, key: u64, value: u32) {
+        debug_assert!(key >= self.last);
+        let bucket = self.bucket(key);
+        self.buckets[bucket].push((key, value));
+    }
+
+    /// An entry of the smallest key.
+    fn pop(&mut self) -> Option<(u64, u32)> {
+        if self.buckets[0].is_empty() {
+            let index = self.buckets.iter().position(|bucket| !bucket.is_empty())?;
+            let mut moving = std::mem::take(&mut self.buckets[index]);
+            self.last = moving.iter().map(|&(key, _)| key).min().unwrap_or(self.last);
+            for (key, value) in moving.drain(..) {
+                let bucket = self.bucket(key);
+                self.buckets[bucket].push((key, value));
+            }
+            // Keep the emptied vector's room for later.
+            self.buckets[index] = moving;
+        }
+        self.buckets[0].pop()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Network;
@@ -258,7 +337,7 @@ mod tests {
     #[test]
     fn picks_the_cheaper_route() {
         // 0 → 1 → 3 costs 1, 0 → 2 → 3 costs 5; capacity 1 each except 0 → 1 of 2.
-        let mut network = Network::with_capacity(4, 4);
+        let mut network = Network::with_degrees(&[2, 2, 2, 2]);
         let a = network.add_edge(0, 1, 2, 0);
         let b = network.add_edge(1, 3, 1, 1);
         let c = network.add_edge(0, 2, 2, 0);
