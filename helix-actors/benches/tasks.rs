@@ -35,6 +35,9 @@ use tokio::time::Instant;
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 const CALLERS: usize = 16;
+/// Concurrent callers of the second batch enqueue rate, unless `HELIX_BENCH_BATCH_CALLERS`
+/// says otherwise.
+const BATCH_CALLERS: u32 = 4;
 const WORKERS: usize = 8;
 const PARTITIONS: u64 = 64;
 
@@ -136,6 +139,31 @@ async fn enqueue_rates(client: &Client) -> BenchResult<()> {
     }
     let rate = f64::from(batches * 1_000) / start.elapsed().as_secs_f64();
     println!("batches of 1,000, one caller: {rate:.0} rows/s");
+
+    // As many batches again, from several callers at once.
+    let batch_callers: u32 = std::env::var("HELIX_BENCH_BATCH_CALLERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(BATCH_CALLERS)
+        .max(1);
+    let start = Instant::now();
+    let callers: Vec<_> = (0..batch_callers)
+        .map(|c| {
+            let client = client.clone();
+            actix_rt::spawn(async move {
+                for b in (c..batches).step_by(batch_callers as usize) {
+                    let specs = (0..1_000).map(|i| TaskSpec::new("x").key(format!("c{b}-{i}"))).collect();
+                    client.enqueue_batch("bench", "enqueue", specs).await?;
+                }
+                Ok::<_, helix_actors::client::ClientError>(())
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await??;
+    }
+    let rate = f64::from(batches * 1_000) / start.elapsed().as_secs_f64();
+    println!("batches of 1,000, {batch_callers} callers: {rate:.0} rows/s");
     Ok(())
 }
 
