@@ -1,6 +1,7 @@
 //! Benchmark of the task queue on a chosen store (DESIGN §6, `docs/tasks.md`):
 //!
-//! 1. enqueue rate: single enqueues from 16 concurrent callers, and batches of 1,000;
+//! 1. enqueue rate: single enqueues from 16 concurrent callers, and batches of 1,000 from one
+//!    caller, then from `HELIX_BENCH_BATCH_CALLERS` (default 4) callers at once;
 //! 2. end to end: tasks per second with a no-op handler over 8 workers and 64 partitions,
 //!    from the instant all tasks fall due until every one is recorded done, and the database
 //!    statements per completed task (MySQL/MariaDB: the server's global `Questions` counter,
