@@ -582,14 +582,12 @@ pub(crate) fn allocate_joint(
         // Every node's number of edges first, so the network is written straight in place.
         let nodes = 2 + queues + worker_count;
         let mut degrees = vec![0u32; nodes];
-        let mut cell_count = 0;
         for (queue, share) in shares.iter().enumerate() {
             degrees[2 + queue] = 1;
             for &local in &share.uncapped {
                 if share.remainder[local as usize] != 0 {
                     degrees[2 + queue] += 1;
                     degrees[worker_node(global(queue, local))] += 1;
-                    cell_count += 1;
                 }
             }
         }
@@ -608,7 +606,6 @@ pub(crate) fn allocate_joint(
         }
         let mut network = Network::with_degrees(&degrees);
         let mut potential = vec![0i64; nodes];
-        let mut cells = Vec::with_capacity(cell_count);
         for (queue, share) in shares.iter().enumerate() {
             network.add_edge(source, 2 + queue, share.extra as i64, 0);
             for &local in &share.uncapped {
@@ -618,11 +615,10 @@ pub(crate) fn allocate_joint(
                 }
                 let keeps = counts[queue][i] > share.quota[i];
                 let w = worker_node(global(queue, local));
-                let edge = network.add_edge(2 + queue, w, 1, -i64::from(keeps));
+                network.add_edge(2 + queue, w, 1, -i64::from(keeps));
                 if keeps {
                     potential[w] = -1;
                 }
-                cells.push((queue, local, edge));
             }
         }
         let forced = wanted + 1;
@@ -641,24 +637,26 @@ pub(crate) fn allocate_joint(
         potential[sink] = sink_potential;
         // The potentials are the exact distances from the source (the network is layered).
         let sent = network.min_cost_flow(source, sink, wanted, potential, true);
-        let mut given = vec![0usize; queues];
-        for &(queue, local, edge) in &cells {
-            if network.flow(edge) > 0 {
-                shares[queue].quota[local as usize] += 1;
-                given[queue] += 1;
+        for (queue, share) in shares.iter_mut().enumerate() {
+            // A queue's arcs are the twin of its edge from the source, then its cells in the
+            // order they were added, read in a row: a cell (of capacity 1) carries a "+1" when
+            // it has no residual capacity left.
+            let mut given = 0;
+            let mut left = Vec::new();
+            let cells = share.uncapped.iter().filter(|&&local| share.remainder[local as usize] != 0);
+            for (&local, residual) in cells.zip(network.residuals(2 + queue).skip(1)) {
+                if residual == 0 {
+                    share.quota[local as usize] += 1;
+                    given += 1;
+                } else if sent < wanted {
+                    left.push(local);
+                }
             }
-        }
-        if sent < wanted {
-            // Only if the bounds were inconsistent: keep every queue's own bound at least.
-            for (queue, share) in shares.iter_mut().enumerate() {
-                let mut missing = share.extra - given[queue];
-                let mut candidates: Vec<u32> = cells
-                    .iter()
-                    .filter(|&&(q, _, edge)| q == queue && network.flow(edge) == 0)
-                    .map(|&(_, local, _)| local)
-                    .collect();
-                candidates.sort_by_key(|&local| counts[queue][local as usize] <= share.quota[local as usize]);
-                for local in candidates {
+            if sent < wanted {
+                // Only if the bounds were inconsistent: keep every queue's own bound at least.
+                let mut missing = share.extra - given;
+                left.sort_by_key(|&local| counts[queue][local as usize] <= share.quota[local as usize]);
+                for local in left {
                     if missing == 0 {
                         break;
                     }
