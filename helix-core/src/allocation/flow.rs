@@ -181,16 +181,35 @@ fn send(
             queue.clear();
             queue.push(source as u32);
             let mut head = 0;
+            // Nodes other than the source not reached yet: once only the sink is left, a
+            // node's arcs into the sink are the only ones that can change anything.
+            let mut unreached = n - 1;
             'search: while head < queue.len() {
                 let u = queue[head] as usize;
                 head += 1;
                 let (next, reduced) = (level[u] + 1, potential[u]);
+                if unreached == 1 {
+                    for &a in &into_sink[into_sink_start[u]..into_sink_start[u + 1]] {
+                        let arc = &arcs[a as usize];
+                        if arc.cap > 0 {
+                            let cost = arc.cost + reduced - potential[sink];
+                            if cost == 0 {
+                                level[sink] = next;
+                                break 'search;
+                            } else if cost < dist[sink] {
+                                dist[sink] = cost;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 for arc in &arcs[start[u] as usize..start[u + 1] as usize] {
                     let v = arc.to as usize;
                     if arc.cap > 0 && level[v] == DEAD {
                         let cost = arc.cost + reduced - potential[v];
                         if cost == 0 {
                             level[v] = next;
+                            unreached -= 1;
                             if v == sink {
                                 break 'search;
                             }
