@@ -421,12 +421,47 @@ struct FractionSum {
 impl FractionSum {
     const ZERO: Self = Self { whole: 0, numerator: 0, denominator: 0, approximate: 0.0, exact: true };
 
-    /// Adds `numerator / denominator`, a fraction below 1.
-    fn add(&mut self, numerator: u64, denominator: u64) {
-        self.approximate += numerator as f64 / denominator as f64;
+    /// Adds `numerator / denominator`, a fraction below 1, `times` times over: the same sum
+    /// as adding it once that many times (the float is added once per time, in order, so it
+    /// is the same to the bit), with the exact part added in one step.
+    fn add_times(&mut self, numerator: u64, denominator: u64, times: usize) {
+        if times == 0 {
+            return;
+        }
+        let fraction = numerator as f64 / denominator as f64;
+        for _ in 0..times {
+            self.approximate += fraction;
+        }
         if !self.exact {
             return;
         }
+        self.add_exact(numerator, denominator);
+        let rest = times - 1;
+        if rest == 0 || !self.exact {
+            return;
+        }
+        let more = u128::try_from(rest).ok().and_then(|rest| rest.checked_mul(u128::from(numerator)));
+        match more {
+            Some(more) if self.denominator == u128::from(denominator) => {
+                // numerator < denominator < 2⁶⁴ and more < 2¹²⁸ − 2⁶⁴ (rest < 2⁶⁴), so no
+                // overflow; the quotient is at most `rest`, which fits in a u64.
+                let total = self.numerator + more;
+                self.whole += (total / self.denominator) as u64;
+                self.numerator = total % self.denominator;
+            }
+            _ => {
+                for _ in 0..rest {
+                    self.add_exact(numerator, denominator);
+                    if !self.exact {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `numerator / denominator` to the exact part once.
+    fn add_exact(&mut self, numerator: u64, denominator: u64) {
         let (n, d) = (u128::from(numerator), u128::from(denominator));
         if self.denominator == 0 {
             (self.numerator, self.denominator) = (n, d);
@@ -548,26 +583,38 @@ pub(crate) fn allocate_joint(
         prepared.iter().zip(inputs).map(|(p, input)| current_counts(p, input)).collect();
     // Shares depend on the numbering, the constraints and the partition count only.
     let mut shares: Vec<Shares> = Vec::with_capacity(inputs.len());
+    // Whether each queue's shares are those of the queue before it.
+    let mut repeats: Vec<bool> = Vec::with_capacity(inputs.len());
     for (queue, input) in inputs.iter().enumerate() {
         let share = match queue.checked_sub(1) {
             Some(before)
                 if of_queue[before] == of_queue[queue]
                     && inputs[before].partition_count() == input.partition_count() =>
             {
+                repeats.push(true);
                 shares[before].clone()
             }
-            _ => self::shares(prepared[queue], input),
+            _ => {
+                repeats.push(false);
+                self::shares(prepared[queue], input)
+            }
         };
         shares.push(share);
     }
+    // A run of queues with the same shares and numbering adds the same fractions to the same
+    // workers: each worker's fraction is added once for the whole run.
     let mut sums = vec![FractionSum::ZERO; worker_count];
-    for (queue, share) in shares.iter().enumerate() {
+    let mut queue = 0;
+    while queue < shares.len() {
+        let share = &shares[queue];
+        let run = 1 + repeats[queue + 1..].iter().take_while(|&&repeat| repeat).count();
         for &local in &share.uncapped {
             let remainder = share.remainder[local as usize];
             if remainder > 0 {
-                sums[global(queue, local)].add(remainder, share.denominator);
+                sums[global(queue, local)].add_times(remainder, share.denominator, run);
             }
         }
+        queue += run;
     }
 
     // The network: source → queue (its number of "+1"s) → worker (one "+1" per queue where
@@ -582,14 +629,12 @@ pub(crate) fn allocate_joint(
         // Every node's number of edges first, so the network is written straight in place.
         let nodes = 2 + queues + worker_count;
         let mut degrees = vec![0u32; nodes];
-        let mut cell_count = 0;
         for (queue, share) in shares.iter().enumerate() {
             degrees[2 + queue] = 1;
             for &local in &share.uncapped {
                 if share.remainder[local as usize] != 0 {
                     degrees[2 + queue] += 1;
                     degrees[worker_node(global(queue, local))] += 1;
-                    cell_count += 1;
                 }
             }
         }
@@ -608,7 +653,6 @@ pub(crate) fn allocate_joint(
         }
         let mut network = Network::with_degrees(&degrees);
         let mut potential = vec![0i64; nodes];
-        let mut cells = Vec::with_capacity(cell_count);
         for (queue, share) in shares.iter().enumerate() {
             network.add_edge(source, 2 + queue, share.extra as i64, 0);
             for &local in &share.uncapped {
@@ -618,11 +662,10 @@ pub(crate) fn allocate_joint(
                 }
                 let keeps = counts[queue][i] > share.quota[i];
                 let w = worker_node(global(queue, local));
-                let edge = network.add_edge(2 + queue, w, 1, -i64::from(keeps));
+                network.add_edge(2 + queue, w, 1, -i64::from(keeps));
                 if keeps {
                     potential[w] = -1;
                 }
-                cells.push((queue, local, edge));
             }
         }
         let forced = wanted + 1;
@@ -641,24 +684,26 @@ pub(crate) fn allocate_joint(
         potential[sink] = sink_potential;
         // The potentials are the exact distances from the source (the network is layered).
         let sent = network.min_cost_flow(source, sink, wanted, potential, true);
-        let mut given = vec![0usize; queues];
-        for &(queue, local, edge) in &cells {
-            if network.flow(edge) > 0 {
-                shares[queue].quota[local as usize] += 1;
-                given[queue] += 1;
+        for (queue, share) in shares.iter_mut().enumerate() {
+            // A queue's arcs are the twin of its edge from the source, then its cells in the
+            // order they were added, read in a row: a cell (of capacity 1) carries a "+1" when
+            // it has no residual capacity left.
+            let mut given = 0;
+            let mut left = Vec::new();
+            let cells = share.uncapped.iter().filter(|&&local| share.remainder[local as usize] != 0);
+            for (&local, residual) in cells.zip(network.residuals(2 + queue).skip(1)) {
+                if residual == 0 {
+                    share.quota[local as usize] += 1;
+                    given += 1;
+                } else if sent < wanted {
+                    left.push(local);
+                }
             }
-        }
-        if sent < wanted {
-            // Only if the bounds were inconsistent: keep every queue's own bound at least.
-            for (queue, share) in shares.iter_mut().enumerate() {
-                let mut missing = share.extra - given[queue];
-                let mut candidates: Vec<u32> = cells
-                    .iter()
-                    .filter(|&&(q, _, edge)| q == queue && network.flow(edge) == 0)
-                    .map(|&(_, local, _)| local)
-                    .collect();
-                candidates.sort_by_key(|&local| counts[queue][local as usize] <= share.quota[local as usize]);
-                for local in candidates {
+            if sent < wanted {
+                // Only if the bounds were inconsistent: keep every queue's own bound at least.
+                let mut missing = share.extra - given;
+                left.sort_by_key(|&local| counts[queue][local as usize] <= share.quota[local as usize]);
+                for local in left {
                     if missing == 0 {
                         break;
                     }
@@ -676,4 +721,32 @@ pub(crate) fn allocate_joint(
         .zip(shares)
         .map(|(((prepared, input), count), share)| place(prepared, input, move_cap, count, &share.quota))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FractionSum;
+
+    #[test]
+    fn adding_a_fraction_many_times_at_once_is_adding_it_one_by_one() {
+        for (fractions, times) in [
+            (vec![(1, 3), (2, 3)], 7),
+            (vec![(5, 7), (1, 2), (3, 10)], 5),
+            (vec![(u64::MAX - 1, u64::MAX), (1, u64::MAX - 2)], 3),
+        ] {
+            let (mut at_once, mut one_by_one) = (FractionSum::ZERO, FractionSum::ZERO);
+            for &(numerator, denominator) in &fractions {
+                at_once.add_times(numerator, denominator, times);
+                for _ in 0..times {
+                    one_by_one.add_times(numerator, denominator, 1);
+                }
+            }
+            assert_eq!(at_once.bounds(), one_by_one.bounds());
+            assert_eq!(
+                (at_once.whole, at_once.numerator, at_once.denominator, at_once.exact),
+                (one_by_one.whole, one_by_one.numerator, one_by_one.denominator, one_by_one.exact)
+            );
+            assert_eq!(at_once.approximate.to_bits(), one_by_one.approximate.to_bits());
+        }
+    }
 }
