@@ -228,51 +228,70 @@ fn send(
             // Depth-first search for augmenting paths, without recursion.
             path.clear();
             let mut u = source;
+            // Neither changes while the level graph is searched (the sink is never a dead end).
+            let (sink_level, sink_potential) = (level[sink], potential[sink]);
             while sent < wanted {
-                if u == sink {
-                    let mut push = wanted - sent;
-                    for &arc in &path {
-                        push = push.min(arcs[arc as usize].cap);
-                    }
-                    let mut back_to = path.len();
-                    for (i, &arc) in path.iter().enumerate() {
-                        let arc = arc as usize;
-                        arcs[arc].cap -= push;
-                        let twin = arcs[arc].twin as usize;
-                        arcs[twin].cap += push;
-                        if arcs[arc].cap == 0 && back_to == path.len() {
-                            back_to = i;
-                        }
-                    }
-                    sent += push;
-                    path.truncate(back_to);
-                    u = path.last().map_or(source, |&arc| arcs[arc as usize].to as usize);
-                    continue;
-                }
                 // The first admissible arc from the cursor on (the level of `u`, on the path,
                 // is never DEAD, so `next` is a real level).
                 let (next, reduced) = (level[u] + 1, potential[u]);
                 let end = start[u + 1] as usize;
                 let from = cursor[u] as usize;
-                let found = if next == level[sink] {
+                if next == sink_level {
                     // Only the sink leads anywhere from its level (the level search stopped
                     // there, so no node has a higher one): only arcs into it need a look.
-                    into_sink[into_sink_start[u]..into_sink_start[u + 1]]
+                    let found = into_sink[into_sink_start[u]..into_sink_start[u + 1]]
                         .iter()
                         .map(|&a| a as usize)
-                        .find(|&a| a >= from && arcs[a].cap > 0 && arcs[a].cost + reduced == potential[sink])
-                        .map(|a| a - from)
-                } else {
-                    arcs[from..end].iter().position(|arc| {
-                        let v = arc.to as usize;
-                        arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
-                    })
-                };
-                if let Some(offset) = found {
+                        .find(|&a| a >= from && arcs[a].cap > 0 && arcs[a].cost + reduced == sink_potential);
+                    if let Some(last) = found {
+                        // A path to the sink: push along it at once. The amount is the least
+                        // capacity on the path, and the search goes on from the tail of the
+                        // first arc it fills (the first arc whose capacity is that amount).
+                        cursor[u] = last as u32;
+                        let mut push = wanted - sent;
+                        let mut back_to = path.len() + 1;
+                        for (i, &arc) in path.iter().enumerate() {
+                            let cap = arcs[arc as usize].cap;
+                            if cap < push {
+                                push = cap;
+                                back_to = i;
+                            } else if cap == push && back_to > path.len() {
+                                back_to = i;
+                            }
+                        }
+                        let cap = arcs[last].cap;
+                        if cap < push {
+                            push = cap;
+                            back_to = path.len();
+                        } else if cap == push && back_to > path.len() {
+                            back_to = path.len();
+                        }
+                        for &arc in &path {
+                            let arc = arc as usize;
+                            arcs[arc].cap -= push;
+                            let twin = arcs[arc].twin as usize;
+                            arcs[twin].cap += push;
+                        }
+                        arcs[last].cap -= push;
+                        let twin = arcs[last].twin as usize;
+                        arcs[twin].cap += push;
+                        sent += push;
+                        if back_to < path.len() {
+                            path.truncate(back_to);
+                            u = path.last().map_or(source, |&arc| arcs[arc as usize].to as usize);
+                        }
+                        continue;
+                    }
+                } else if let Some(offset) = arcs[from..end].iter().position(|arc| {
+                    let v = arc.to as usize;
+                    arc.cap > 0 && level[v] == next && arc.cost + reduced == potential[v]
+                }) {
                     cursor[u] = (from + offset) as u32;
                     path.push(cursor[u]);
                     u = arcs[from + offset].to as usize;
-                } else {
+                    continue;
+                }
+                {
                     cursor[u] = end as u32;
                     // A dead end: no path to the sink through `u` in this level graph.
                     level[u] = DEAD;
