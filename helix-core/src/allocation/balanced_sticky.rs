@@ -581,61 +581,71 @@ pub(crate) fn allocate_joint(
 
     let counts: Vec<Vec<u32>> =
         prepared.iter().zip(inputs).map(|(p, input)| current_counts(p, input)).collect();
-    // Shares depend on the numbering, the constraints and the partition count only.
-    let mut shares: Vec<Shares> = Vec::with_capacity(inputs.len());
-    // Whether each queue's shares are those of the queue before it.
-    let mut repeats: Vec<bool> = Vec::with_capacity(inputs.len());
+    // Shares depend on the numbering, the constraints and the partition count only: a run of
+    // queues alike in these (its first queue and its length) has one `Shares`, and only the
+    // quotas, which the "+1"s change, are per queue.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut run_shares: Vec<Shares> = Vec::new();
     for (queue, input) in inputs.iter().enumerate() {
-        let share = match queue.checked_sub(1) {
-            Some(before)
+        match (queue.checked_sub(1), runs.last_mut()) {
+            (Some(before), Some(run))
                 if of_queue[before] == of_queue[queue]
                     && inputs[before].partition_count() == input.partition_count() =>
             {
-                repeats.push(true);
-                shares[before].clone()
+                run.1 += 1;
             }
             _ => {
-                repeats.push(false);
-                self::shares(prepared[queue], input)
+                runs.push((queue, 1));
+                run_shares.push(self::shares(prepared[queue], input));
             }
-        };
-        shares.push(share);
+        }
     }
-    // A run of queues with the same shares and numbering adds the same fractions to the same
-    // workers: each worker's fraction is added once for the whole run.
+    let mut quotas: Vec<Vec<u32>> = Vec::with_capacity(inputs.len());
+    for (&(_, run), share) in runs.iter().zip(&run_shares) {
+        quotas.extend(std::iter::repeat_n(&share.quota, run).cloned());
+    }
+    // A run adds the same fractions to the same workers: each worker's fraction is added
+    // once for the whole run.
     let mut sums = vec![FractionSum::ZERO; worker_count];
-    let mut queue = 0;
-    while queue < shares.len() {
-        let share = &shares[queue];
-        let run = 1 + repeats[queue + 1..].iter().take_while(|&&repeat| repeat).count();
+    for (&(first, run), share) in runs.iter().zip(&run_shares) {
         for &local in &share.uncapped {
             let remainder = share.remainder[local as usize];
             if remainder > 0 {
-                sums[global(queue, local)].add_times(remainder, share.denominator, run);
+                sums[global(first, local)].add_times(remainder, share.denominator, run);
             }
         }
-        queue += run;
     }
 
     // The network: source → queue (its number of "+1"s) → worker (one "+1" per queue where
     // its share is fractional; cost −1 where that keeps a partition with its current owner)
     // → sink (at least ⌊total share⌋ − Σ⌊share⌋ "+1"s, forced by a cost that outweighs every
     // kept partition, and at most one more).
-    let wanted: i64 = shares.iter().map(|s| s.extra as i64).sum();
+    let wanted: i64 = runs.iter().zip(&run_shares).map(|(&(_, run), s)| s.extra as i64 * run as i64).sum();
     if wanted > 0 {
         let queues = inputs.len();
         let (source, sink) = (0, 1);
         let worker_node = |w: usize| 2 + queues + w;
+        // Every run's cells, the same for each of its queues: the workers whose share is
+        // fractional, by local number and by node.
+        let cells: Vec<Vec<(u32, usize)>> = runs
+            .iter()
+            .zip(&run_shares)
+            .map(|(&(first, _), share)| {
+                share
+                    .uncapped
+                    .iter()
+                    .filter(|&&local| share.remainder[local as usize] != 0)
+                    .map(|&local| (local, worker_node(global(first, local))))
+                    .collect()
+            })
+            .collect();
         // Every node's number of edges first, so the network is written straight in place.
         let nodes = 2 + queues + worker_count;
         let mut degrees = vec![0u32; nodes];
-        for (queue, share) in shares.iter().enumerate() {
-            degrees[2 + queue] = 1;
-            for &local in &share.uncapped {
-                if share.remainder[local as usize] != 0 {
-                    degrees[2 + queue] += 1;
-                    degrees[worker_node(global(queue, local))] += 1;
-                }
+        for (&(first, run), cells) in runs.iter().zip(&cells) {
+            degrees[2 + first..2 + first + run].fill(1 + cells.len() as u32);
+            for &(_, node) in cells {
+                degrees[node] += run as u32;
             }
         }
         degrees[source] = queues as u32;
@@ -653,18 +663,16 @@ pub(crate) fn allocate_joint(
         }
         let mut network = Network::with_degrees(&degrees);
         let mut potential = vec![0i64; nodes];
-        for (queue, share) in shares.iter().enumerate() {
-            network.add_edge(source, 2 + queue, share.extra as i64, 0);
-            for &local in &share.uncapped {
-                let i = local as usize;
-                if share.remainder[i] == 0 {
-                    continue;
-                }
-                let keeps = counts[queue][i] > share.quota[i];
-                let w = worker_node(global(queue, local));
-                network.add_edge(2 + queue, w, 1, -i64::from(keeps));
-                if keeps {
-                    potential[w] = -1;
+        for ((&(first, run), share), cells) in runs.iter().zip(&run_shares).zip(&cells) {
+            for queue in first..first + run {
+                network.add_edge(source, 2 + queue, share.extra as i64, 0);
+                let (count, quota) = (&counts[queue], &quotas[queue]);
+                for &(local, w) in cells {
+                    let keeps = count[local as usize] > quota[local as usize];
+                    network.add_edge(2 + queue, w, 1, -i64::from(keeps));
+                    if keeps {
+                        potential[w] = -1;
+                    }
                 }
             }
         }
@@ -684,31 +692,34 @@ pub(crate) fn allocate_joint(
         potential[sink] = sink_potential;
         // The potentials are the exact distances from the source (the network is layered).
         let sent = network.min_cost_flow(source, sink, wanted, potential, true);
-        for (queue, share) in shares.iter_mut().enumerate() {
-            // A queue's arcs are the twin of its edge from the source, then its cells in the
-            // order they were added, read in a row: a cell (of capacity 1) carries a "+1" when
-            // it has no residual capacity left.
-            let mut given = 0;
-            let mut left = Vec::new();
-            let cells = share.uncapped.iter().filter(|&&local| share.remainder[local as usize] != 0);
-            for (&local, residual) in cells.zip(network.residuals(2 + queue).skip(1)) {
-                if residual == 0 {
-                    share.quota[local as usize] += 1;
-                    given += 1;
-                } else if sent < wanted {
-                    left.push(local);
-                }
-            }
-            if sent < wanted {
-                // Only if the bounds were inconsistent: keep every queue's own bound at least.
-                let mut missing = share.extra - given;
-                left.sort_by_key(|&local| counts[queue][local as usize] <= share.quota[local as usize]);
-                for local in left {
-                    if missing == 0 {
-                        break;
+        for ((&(first, run), share), cells) in runs.iter().zip(&run_shares).zip(&cells) {
+            for queue in first..first + run {
+                // A queue's arcs are the twin of its edge from the source, then its cells in
+                // the order they were added, read in a row: a cell (of capacity 1) carries a
+                // "+1" when it has no residual capacity left.
+                let quota = &mut quotas[queue];
+                let mut given = 0;
+                let mut left = Vec::new();
+                for (&(local, _), residual) in cells.iter().zip(network.residuals(2 + queue).skip(1)) {
+                    if residual == 0 {
+                        quota[local as usize] += 1;
+                        given += 1;
+                    } else if sent < wanted {
+                        left.push(local);
                     }
-                    share.quota[local as usize] += 1;
-                    missing -= 1;
+                }
+                if sent < wanted {
+                    // Only if the bounds were inconsistent: keep every queue's own bound at
+                    // least.
+                    let mut missing = share.extra - given;
+                    left.sort_by_key(|&local| counts[queue][local as usize] <= quota[local as usize]);
+                    for local in left {
+                        if missing == 0 {
+                            break;
+                        }
+                        quota[local as usize] += 1;
+                        missing -= 1;
+                    }
                 }
             }
         }
@@ -718,8 +729,8 @@ pub(crate) fn allocate_joint(
         .iter()
         .zip(inputs)
         .zip(counts)
-        .zip(shares)
-        .map(|(((prepared, input), count), share)| place(prepared, input, move_cap, count, &share.quota))
+        .zip(quotas)
+        .map(|(((prepared, input), count), quota)| place(prepared, input, move_cap, count, &quota))
         .collect())
 }
 
