@@ -937,4 +937,18 @@ async fn a_task_enqueued_in_process_runs_at_once_not_at_the_next_poll() {
         (Duration::from_secs(2)..=Duration::from_millis(2_050)).contains(&ran),
         "a task delayed 2 s ran {ran:?} after its enqueue"
     );
+
+    // An operator's retry of a dead task wakes its partition too.
+    let dead = enqueue(&client, TaskSpec::new("dead").partition(1)).await;
+    wait_state(&cluster, &client, dead, TaskState::Dead).await;
+    cluster.advance(Duration::from_secs(5)).await;
+    let retried_at = Instant::now();
+    client.retry_task(dead).await.expect("retry");
+    cluster
+        .wait_until(LIMIT, || async { recorder.runs_of(dead).len() == 2 })
+        .await
+        .then_some(())
+        .expect("the retried task ran again");
+    let ran = recorder.runs_of(dead)[1].at - retried_at;
+    assert!(ran <= Duration::from_millis(50), "a retried task ran {ran:?} after the retry");
 }

@@ -197,15 +197,18 @@ impl Client {
         tasks: Vec<TaskSpec>,
     ) -> Result<Vec<Enqueued>, ClientError> {
         let (id, partitions) = self.queue_ref(domain, queue).await?;
-        let tasks: Vec<NewTask> = tasks.into_iter().map(|t| t.resolve(partitions)).collect();
-        let (id, answers) = match self.store.enqueue_tasks(id, &tasks).await {
-            // The queue was deleted (and maybe created again) since it was cached.
+        let resolved: Vec<NewTask> = tasks.iter().cloned().map(|t| t.resolve(partitions)).collect();
+        let (id, tasks, answers) = match self.store.enqueue_tasks(id, &resolved).await {
+            // The queue was deleted (and maybe created again, with another partition count)
+            // since it was cached: route the tasks again by what it is now.
             Err(StoreError::NotFound(_)) => {
                 self.forget_queue(domain, queue);
-                let (id, _) = self.queue_ref(domain, queue).await?;
-                (id, self.store.enqueue_tasks(id, &tasks).await?)
+                let (id, partitions) = self.queue_ref(domain, queue).await?;
+                let resolved: Vec<NewTask> = tasks.into_iter().map(|t| t.resolve(partitions)).collect();
+                let answers = self.store.enqueue_tasks(id, &resolved).await?;
+                (id, resolved, answers)
             }
-            other => (id, other?),
+            other => (id, resolved, other?),
         };
         // This process's runners of those partitions need not wait for their next poll.
         let created = tasks.iter().zip(&answers).filter(|(_, answer)| answer.created);
@@ -232,13 +235,20 @@ impl Client {
     }
 
     /// An operator's retry of the dead task `id`: pending again, due now, with its attempts
-    /// reset and its last error kept.
+    /// reset and its last error kept. A worker of this process that runs its partition is
+    /// woken at once.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown id; [`StoreError::Conflict`] when it is not
     /// dead, or another unfinished task holds its dedup key.
     pub async fn retry_task(&self, id: TaskId) -> Result<TaskRecord, ClientError> {
-        Ok(self.store.retry_dead_task(id).await?)
+        let task = self.store.retry_dead_task(id).await?;
+        // Due at once: this process's runner of its partition need not wait for its poll.
+        crate::tasks::wake_local(
+            task.queue_id,
+            std::iter::once((task.partition, RunAt::After(Duration::ZERO))),
+        );
+        Ok(task)
     }
 
     /// Up to `limit` (at most 10,000) tasks of `domain/queue` in `state` with an id above

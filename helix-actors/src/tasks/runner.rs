@@ -93,7 +93,10 @@ pub(crate) fn wake_local(queue: QueueId, tasks: impl Iterator<Item = (PartitionI
             let Some(slot) = registry.running((queue, *partition)) else { continue };
             let at = match (run_at, offset) {
                 (RunAt::After(delay), _) if delay.is_zero() => now,
-                (RunAt::After(delay), _) => now + *delay + Duration::from_millis(1),
+                (RunAt::After(delay), _) => {
+                    let Some(at) = now.checked_add(*delay + Duration::from_millis(1)) else { continue };
+                    at
+                }
                 (RunAt::At(at), Some(offset)) => registry.local(*at, now, registry.local_ms(now) + offset),
                 (RunAt::At(_), None) => now,
             };

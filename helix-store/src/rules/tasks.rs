@@ -355,6 +355,7 @@ pub fn coalesced_writes(
     heads: &std::collections::BTreeMap<(u64, u32), Vec<TaskHead>>,
     now: DateTime<Utc>,
 ) -> (Vec<TaskWrite>, Vec<StoreResult<TaskBatchOutcome>>) {
+    debug_assert_eq!(batches.len(), held.len(), "one fence verdict per partition");
     let mut writes = Vec::new();
     let mut answers = Vec::with_capacity(batches.len());
     for (b, held) in batches.iter().zip(held) {
