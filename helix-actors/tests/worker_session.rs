@@ -211,6 +211,17 @@ impl Env {
         assert_eq!(outcome.applied, 1, "revoke applied: {outcome:?}");
     }
 
+    /// A second queue of 2 partitions, which the workers started by [`Env::start_worker`] do
+    /// not serve.
+    async fn queue_not_served(&self) -> QueueRecord {
+        let spec = QueueSpec::new(
+            DomainName::new("domain_order").expect("domain name"),
+            QueueName::new("not_served").expect("queue name"),
+            PartitionCount::new(2).expect("partition count"),
+        );
+        self.mem.create_queue(&spec).await.expect("create queue")
+    }
+
     async fn is_expired(&self, worker: WorkerId) -> bool {
         self.mem
             .list_workers(WorkerFilter::Expired)
@@ -586,12 +597,7 @@ async fn a_killed_worker_stops_its_partitions_at_once_and_says_no_goodbye() {
 #[actix::test]
 async fn a_partition_of_a_queue_the_worker_does_not_serve_is_given_back_not_run() {
     let env = Env::new(2).await;
-    let spec = QueueSpec::new(
-        DomainName::new("domain_order").expect("domain name"),
-        QueueName::new("not_served").expect("queue name"),
-        PartitionCount::new(2).expect("partition count"),
-    );
-    let other = env.mem.create_queue(&spec).await.expect("create queue");
+    let other = env.queue_not_served().await;
     let (id, session) = env.start_worker(recording_factory(&env.log, false)).await;
     let change = PlanChange::Grant { partition: PartitionId(1), expected_epoch: Epoch(0), to: id };
     let outcome = env.mem.apply_plan(&env.fence, other.id, &[change]).await.expect("apply grant");
@@ -619,12 +625,7 @@ async fn a_give_back_that_failed_across_a_fence_is_tried_again_after_the_renewal
     let mut env = Env::new(2).await;
     // The fence lapses 2 s after the last renewal was sent, the lease runs 3 s.
     env.config.safety_margin = Duration::from_secs(1);
-    let spec = QueueSpec::new(
-        DomainName::new("domain_order").expect("domain name"),
-        QueueName::new("not_served").expect("queue name"),
-        PartitionCount::new(2).expect("partition count"),
-    );
-    let other = env.mem.create_queue(&spec).await.expect("create queue");
+    let other = env.queue_not_served().await;
     let (id, session) = env.start_worker(recording_factory(&env.log, false)).await;
     let change = PlanChange::Grant { partition: PartitionId(1), expected_epoch: Epoch(0), to: id };
     env.mem.apply_plan(&env.fence, other.id, &[change]).await.expect("apply grant");

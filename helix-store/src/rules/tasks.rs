@@ -344,6 +344,18 @@ pub fn validate_outcomes(batches: &[PartitionOutcomes]) -> StoreResult<()> {
     Ok(())
 }
 
+/// The ids named by the partitions of a coalesced write whose fence holds (`held[i]` for
+/// `batches[i]`), sorted and each once: the tasks to lock, in the order every writer locks
+/// tasks in.
+pub fn held_task_ids(batches: &[PartitionOutcomes], held: &[bool]) -> Vec<TaskId> {
+    debug_assert_eq!(batches.len(), held.len(), "one fence verdict per partition");
+    let mut ids: Vec<TaskId> =
+        batches.iter().zip(held).filter(|(_, held)| **held).flat_map(|(b, _)| b.ids()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// The writes and the answers of a coalesced write of outcomes: `held[i]` says whether the
 /// fence of `batches[i]` holds, and `heads` are the locked tasks named by the partitions whose
 /// fence holds, by their stored (queue, partition). A partition whose fence does not hold is

@@ -476,14 +476,7 @@ pub(super) fn record_outcomes(
     let Some(now) = now else {
         return Ok(batches.iter().map(|b| Err(rules::fenced(&b.fence))).collect());
     };
-    let mut keys = Vec::new();
-    for (b, _) in batches.iter().zip(&held).filter(|(_, held)| **held) {
-        for id in b.ids() {
-            keys.push(id_i64(id)?);
-        }
-    }
-    keys.sort_unstable();
-    keys.dedup();
+    let keys = rules::held_task_ids(batches, &held).into_iter().map(id_i64).collect::<Result<Vec<_>, _>>()?;
     let mut heads: BTreeMap<(u64, u32), Vec<TaskHead>> = BTreeMap::new();
     for chunk in keys.chunks(MAX_BINDS) {
         let sql = format!(
