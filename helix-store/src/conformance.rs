@@ -19,6 +19,7 @@ use async_trait::async_trait;
 
 use crate::Store;
 
+pub mod schedules;
 pub mod tasks;
 
 /// A store under test, freshly created and empty.

@@ -34,6 +34,7 @@ pub mod mysql;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 mod retry;
 pub mod rules;
+mod schedules;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
@@ -45,6 +46,7 @@ pub use mem::MemStore;
 pub use model::*;
 #[cfg(feature = "mysql")]
 pub use mysql::MysqlStore;
+pub use schedules::*;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 #[cfg(feature = "mock")]

@@ -14,9 +14,11 @@ use helix_core::{
 use crate::error::{StoreError, StoreResult};
 use crate::model::*;
 use crate::rules::{self, LeaseDecision, RowState};
+use crate::schedules::*;
 use crate::store::Store;
 use crate::tasks::*;
 
+mod schedules;
 mod tasks;
 
 /// The in-memory store. Cheap to clone handles share one state through [`Arc`].
@@ -47,6 +49,7 @@ struct Inner {
     events: Vec<Event>,
     next_event_id: u64,
     tasks: tasks::TaskTables,
+    schedules: schedules::ScheduleTables,
     /// Per worker, the session and the assignment versions its last renewal saw (the SQL
     /// stores' `helix_subscriptions.seen_version`).
     seen_versions: BTreeMap<WorkerId, (SessionEpoch, BTreeMap<QueueId, u64>)>,
@@ -271,6 +274,7 @@ impl Store for MemStore {
         s.queues.remove(&id);
         s.assignments.remove(&id);
         s.tasks.delete_queue(id);
+        s.schedules.delete_queue(id);
         for worker in s.workers.values_mut() {
             worker.subscriptions.retain(|sub| sub.queue_id != id);
         }
@@ -743,5 +747,40 @@ impl Store for MemStore {
     }
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
         self.tasks_prune(older_than, limit)
+    }
+
+    async fn create_schedule(&self, queue: QueueId, schedule: &NewSchedule) -> StoreResult<ScheduleRecord> {
+        self.schedules_create(queue, schedule)
+    }
+    async fn get_schedule(&self, queue: QueueId, name: &str) -> StoreResult<ScheduleRecord> {
+        self.schedules_get(queue, name)
+    }
+    async fn list_schedules(&self, queue: Option<QueueId>) -> StoreResult<Vec<ScheduleRecord>> {
+        self.schedules_list(queue)
+    }
+    async fn set_schedule_paused(
+        &self,
+        queue: QueueId,
+        name: &str,
+        paused: bool,
+    ) -> StoreResult<ScheduleRecord> {
+        self.schedules_set_paused(queue, name, paused)
+    }
+    async fn delete_schedule(&self, queue: QueueId, name: &str) -> StoreResult<()> {
+        self.schedules_delete(queue, name)
+    }
+    async fn due_schedules(
+        &self,
+        horizon: Duration,
+        limit: u32,
+    ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)> {
+        self.schedules_due(horizon, limit)
+    }
+    async fn fire_schedules(
+        &self,
+        fence: &CoordinatorFence,
+        fires: &[ScheduleFire],
+    ) -> StoreResult<Vec<FireOutcome>> {
+        self.schedules_fire(fence, fires)
     }
 }

@@ -3,6 +3,7 @@
 //! backend reads the current rows (locked, inside its transaction), asks these functions, and
 //! writes the answer in the same transaction.
 
+pub mod schedules;
 pub mod tasks;
 
 use std::collections::BTreeSet;

@@ -15,6 +15,7 @@ use crate::model::{
     PlanOutcome, QueueAssignments, QueueRecord, QueueSpec, WorkerFilter, WorkerLease, WorkerRecord,
     WorkerRegistration, WorkerStatus,
 };
+use crate::schedules::{FireOutcome, NewSchedule, ScheduleFire, ScheduleRecord};
 use crate::tasks::{
     CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
     TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
@@ -342,5 +343,57 @@ pub trait Store: Send + Sync + 'static {
     async fn retry_dead_task(&self, id: TaskId) -> StoreResult<TaskRecord>;
     /// Deletes up to `limit` finished tasks that finished more than `older_than` ago on the
     /// store's clock, oldest first; returns how many. Call again while it returns `limit`.
+    /// Also forgets the schedule runs (`helix_schedule_runs`) of slots older than
+    /// `older_than`: every schedule's cursor is past them, so they can never fire again.
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64>;
+
+    // ---- recurring schedules (DESIGN §6, docs/scheduling.md) ----
+
+    /// Creates a schedule of `queue`, its cursor at its first slot at or after the store's
+    /// now. `NotFound` for an unknown queue, `Conflict` when the queue already has a schedule
+    /// of that name, `Invalid` for what [`validate_schedule`](crate::rules::schedules::validate_schedule)
+    /// refuses.
+    async fn create_schedule(&self, queue: QueueId, schedule: &NewSchedule) -> StoreResult<ScheduleRecord>;
+    /// Reads a schedule by name; `NotFound` when `queue` has none of that name.
+    async fn get_schedule(&self, queue: QueueId, name: &str) -> StoreResult<ScheduleRecord>;
+    /// Every schedule of `queue` (of every queue with `None`), sorted by (queue, name).
+    async fn list_schedules(&self, queue: Option<QueueId>) -> StoreResult<Vec<ScheduleRecord>>;
+    /// Pauses or resumes a schedule; answers it as it is now. A pause cancels the tasks of
+    /// its slots after the store's now that were materialized ahead and are still `PENDING`
+    /// (and forgets their runs); a paused schedule makes no task. A resume moves its cursor
+    /// to its first slot at or after now: the slots of the pause are skipped, whatever the
+    /// missed-slot policy. Pausing a paused schedule or resuming a running one changes
+    /// nothing. `NotFound` when `queue` has no schedule of that name.
+    async fn set_schedule_paused(
+        &self,
+        queue: QueueId,
+        name: &str,
+        paused: bool,
+    ) -> StoreResult<ScheduleRecord>;
+    /// Deletes a schedule, cancelling the tasks of its future slots as a pause does; tasks
+    /// of slots already due are left to run. `NotFound` when `queue` has no schedule of that
+    /// name.
+    async fn delete_schedule(&self, queue: QueueId, name: &str) -> StoreResult<()>;
+    /// The store's now, and up to `limit` unpaused schedules whose cursor is at or before
+    /// now + `horizon`, earliest cursor first: what the leader fires next. One statement on
+    /// the SQL stores (index on `(paused, next_slot_at)`).
+    async fn due_schedules(
+        &self,
+        horizon: Duration,
+        limit: u32,
+    ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)>;
+    /// The leader's write of schedule slots, in one transaction fenced by its term:
+    /// `Fenced` (and nothing written) when `fence` is not the current lease. Each fire
+    /// applies only while its schedule exists, is unpaused and still has the fire's cursor
+    /// (else [`FireOutcome::Stale`]). Then each slot inserts its (schedule, slot) row into
+    /// `helix_schedule_runs`, whose primary key makes a second insert of a slot a quiet
+    /// duplicate, and only a slot inserted now enqueues its task; the cursor moves to the
+    /// fire's `next_slot_at`. One answer per fire, in order. `Invalid` (nothing written) for
+    /// more than [`MAX_FIRE_BATCH`](crate::MAX_FIRE_BATCH) fires or slots, or a task an
+    /// enqueue would refuse.
+    async fn fire_schedules(
+        &self,
+        fence: &CoordinatorFence,
+        fires: &[ScheduleFire],
+    ) -> StoreResult<Vec<FireOutcome>>;
 }

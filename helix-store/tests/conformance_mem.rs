@@ -34,3 +34,4 @@ async fn setup() -> Mem {
 
 helix_store::conformance_tests!(setup());
 helix_store::task_conformance_tests!(setup());
+helix_store::schedule_conformance_tests!(setup());

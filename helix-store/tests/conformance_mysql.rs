@@ -47,3 +47,4 @@ impl Backend for Mysql {
 
 helix_store::conformance_tests!(setup());
 helix_store::task_conformance_tests!(setup());
+helix_store::schedule_conformance_tests!(setup());

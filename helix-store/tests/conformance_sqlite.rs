@@ -39,3 +39,4 @@ async fn setup() -> Sqlite {
 
 helix_store::conformance_tests!(setup());
 helix_store::task_conformance_tests!(setup());
+helix_store::schedule_conformance_tests!(setup());

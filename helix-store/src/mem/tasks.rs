@@ -31,6 +31,62 @@ impl TaskTables {
         self.dedup.retain(|(q, _), _| *q != queue);
     }
 
+    /// Inserts `task` as `PENDING`, due at `run_at`, unless its dedup key is held.
+    pub(super) fn insert(
+        &mut self,
+        queue: QueueId,
+        task: &NewTask,
+        run_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Enqueued {
+        if let Some(key) = &task.dedup_key
+            && let Some(&id) = self.dedup.get(&(queue, key.clone()))
+        {
+            return Enqueued { id, created: false };
+        }
+        self.next_id += 1;
+        let id = TaskId(self.next_id);
+        if let Some(key) = &task.dedup_key {
+            self.dedup.insert((queue, key.clone()), id);
+        }
+        self.hot.insert(
+            id,
+            TaskRecord {
+                id,
+                queue_id: queue,
+                partition: task.partition,
+                state: TaskState::Pending,
+                priority: task.priority,
+                run_at,
+                attempts: 0,
+                max_attempts: task.max_attempts,
+                timeout: task.timeout,
+                dedup_key: task.dedup_key.clone(),
+                payload: task.payload.clone(),
+                claimed_epoch: None,
+                claimed_by: None,
+                created_at: now,
+                started_at: None,
+                deadline_at: None,
+                finished_at: None,
+                last_error: None,
+            },
+        );
+        Enqueued { id, created: true }
+    }
+
+    /// Cancels `id` when it is `PENDING` and due after `now`; whether it did.
+    pub(super) fn cancel_future(&mut self, id: TaskId, now: DateTime<Utc>) -> bool {
+        match self.hot.get_mut(&id) {
+            Some(t) if t.state == TaskState::Pending && t.run_at > now => {
+                t.state = TaskState::Cancelled;
+                self.finish(id, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn heads(&self, fence: &OwnerFence, ids: &[TaskId]) -> Vec<TaskHead> {
         ids.iter()
             .filter_map(|id| self.hot.get(id))
@@ -82,7 +138,7 @@ fn head(t: &TaskRecord) -> TaskHead {
 }
 
 impl Inner {
-    fn partition_count(&self, queue: QueueId) -> StoreResult<PartitionCount> {
+    pub(super) fn partition_count(&self, queue: QueueId) -> StoreResult<PartitionCount> {
         let q = self.queues.get(&queue).ok_or_else(|| StoreError::NotFound(format!("queue {queue}")))?;
         Ok(q.partition_count)
     }
@@ -109,46 +165,7 @@ impl MemStore {
         let (mut s, now) = self.lock();
         let partitions = s.partition_count(queue)?;
         let due = rules::validate_enqueue(tasks, partitions, now)?;
-        let t = &mut s.tasks;
-        let mut out = Vec::with_capacity(tasks.len());
-        for (task, run_at) in tasks.iter().zip(due) {
-            if let Some(key) = &task.dedup_key
-                && let Some(&id) = t.dedup.get(&(queue, key.clone()))
-            {
-                out.push(Enqueued { id, created: false });
-                continue;
-            }
-            t.next_id += 1;
-            let id = TaskId(t.next_id);
-            if let Some(key) = &task.dedup_key {
-                t.dedup.insert((queue, key.clone()), id);
-            }
-            t.hot.insert(
-                id,
-                TaskRecord {
-                    id,
-                    queue_id: queue,
-                    partition: task.partition,
-                    state: TaskState::Pending,
-                    priority: task.priority,
-                    run_at,
-                    attempts: 0,
-                    max_attempts: task.max_attempts,
-                    timeout: task.timeout,
-                    dedup_key: task.dedup_key.clone(),
-                    payload: task.payload.clone(),
-                    claimed_epoch: None,
-                    claimed_by: None,
-                    created_at: now,
-                    started_at: None,
-                    deadline_at: None,
-                    finished_at: None,
-                    last_error: None,
-                },
-            );
-            out.push(Enqueued { id, created: true });
-        }
-        Ok(out)
+        Ok(tasks.iter().zip(due).map(|(task, run_at)| s.tasks.insert(queue, task, run_at, now)).collect())
     }
 
     pub(super) fn tasks_claim(&self, fence: &OwnerFence, limit: u32) -> StoreResult<Vec<TaskRecord>> {
@@ -413,6 +430,7 @@ impl MemStore {
         for (_, id) in &old {
             s.tasks.history.remove(id);
         }
+        s.schedules.prune_runs(cutoff);
         Ok(old.len() as u64)
     }
 }
