@@ -62,6 +62,7 @@ use helix_store::{
     CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
     TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
+use helix_store::{FireOutcome, NewSchedule, ScheduleFire, ScheduleRecord};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How many store operations a [`StoreActor`] runs at once unless told otherwise: the default
@@ -332,6 +333,20 @@ pub mod msg {
         RetryDeadTask { id: TaskId } -> TaskRecord = retry_dead_task(id);
         /// Deletes old finished tasks: [`Store::prune_tasks`].
         PruneTasks { older_than: Duration, limit: u32 } -> u64 = prune_tasks(older_than, limit);
+        /// Creates a schedule: [`Store::create_schedule`].
+        CreateSchedule { queue: QueueId, schedule: NewSchedule } -> ScheduleRecord = create_schedule(queue, &schedule);
+        /// Reads a schedule: [`Store::get_schedule`].
+        GetSchedule { queue: QueueId, name: String } -> ScheduleRecord = get_schedule(queue, &name);
+        /// Lists schedules: [`Store::list_schedules`].
+        ListSchedules { queue: Option<QueueId> } -> Vec<ScheduleRecord> = list_schedules(queue);
+        /// Pauses or resumes a schedule: [`Store::set_schedule_paused`].
+        SetSchedulePaused { queue: QueueId, name: String, paused: bool } -> ScheduleRecord = set_schedule_paused(queue, &name, paused);
+        /// Deletes a schedule: [`Store::delete_schedule`].
+        DeleteSchedule { queue: QueueId, name: String } -> () = delete_schedule(queue, &name);
+        /// Reads the schedules due within a horizon: [`Store::due_schedules`].
+        DueSchedules { horizon: Duration, limit: u32 } -> (DateTime<Utc>, Vec<ScheduleRecord>) = due_schedules(horizon, limit);
+        /// Fires schedule slots under a term: [`Store::fire_schedules`].
+        FireSchedules { fence: CoordinatorFence, fires: Vec<ScheduleFire> } -> Vec<FireOutcome> = fire_schedules(&fence, &fires);
     }
 }
 
@@ -603,6 +618,40 @@ impl Store for StoreHandle {
     }
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
         self.call(msg::PruneTasks { older_than, limit }).await
+    }
+    async fn create_schedule(&self, queue: QueueId, schedule: &NewSchedule) -> StoreResult<ScheduleRecord> {
+        self.call(msg::CreateSchedule { queue, schedule: schedule.clone() }).await
+    }
+    async fn get_schedule(&self, queue: QueueId, name: &str) -> StoreResult<ScheduleRecord> {
+        self.call(msg::GetSchedule { queue, name: name.to_owned() }).await
+    }
+    async fn list_schedules(&self, queue: Option<QueueId>) -> StoreResult<Vec<ScheduleRecord>> {
+        self.call(msg::ListSchedules { queue }).await
+    }
+    async fn set_schedule_paused(
+        &self,
+        queue: QueueId,
+        name: &str,
+        paused: bool,
+    ) -> StoreResult<ScheduleRecord> {
+        self.call(msg::SetSchedulePaused { queue, name: name.to_owned(), paused }).await
+    }
+    async fn delete_schedule(&self, queue: QueueId, name: &str) -> StoreResult<()> {
+        self.call(msg::DeleteSchedule { queue, name: name.to_owned() }).await
+    }
+    async fn due_schedules(
+        &self,
+        horizon: Duration,
+        limit: u32,
+    ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)> {
+        self.call(msg::DueSchedules { horizon, limit }).await
+    }
+    async fn fire_schedules(
+        &self,
+        fence: &CoordinatorFence,
+        fires: &[ScheduleFire],
+    ) -> StoreResult<Vec<FireOutcome>> {
+        self.call(msg::FireSchedules { fence: fence.clone(), fires: fires.to_vec() }).await
     }
 }
 

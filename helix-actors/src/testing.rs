@@ -31,6 +31,7 @@ use helix_store::{
     CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
     TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
+use helix_store::{FireOutcome, NewSchedule, ScheduleFire, ScheduleRecord};
 use tokio::time::Instant;
 
 use crate::TokioClock;
@@ -145,8 +146,8 @@ pub enum CallFault {
     /// [`StoreError::Unavailable`], as when the connection dies between the commit and the
     /// reply. Only the task methods that write (`enqueue_task`, `enqueue_tasks`,
     /// `claim_tasks`, `complete_tasks`, `fail_tasks`, `retry_tasks_later`,
-    /// `record_task_outcomes`, `extend_tasks`, `recover_partition_tasks`) take it; on others
-    /// it stays queued.
+    /// `record_task_outcomes`, `extend_tasks`, `recover_partition_tasks`) and
+    /// `fire_schedules` take it; on others it stays queued.
     LoseAnswer,
     /// The call is answered with this error without reaching the store.
     Refuse(StoreError),
@@ -584,6 +585,43 @@ impl Store for CutOffStore {
     }
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
         self.link("prune_tasks", None).await?.prune_tasks(older_than, limit).await
+    }
+    async fn create_schedule(&self, queue: QueueId, schedule: &NewSchedule) -> StoreResult<ScheduleRecord> {
+        self.link("create_schedule", None).await?.create_schedule(queue, schedule).await
+    }
+    async fn get_schedule(&self, queue: QueueId, name: &str) -> StoreResult<ScheduleRecord> {
+        self.link("get_schedule", None).await?.get_schedule(queue, name).await
+    }
+    async fn list_schedules(&self, queue: Option<QueueId>) -> StoreResult<Vec<ScheduleRecord>> {
+        self.link("list_schedules", None).await?.list_schedules(queue).await
+    }
+    async fn set_schedule_paused(
+        &self,
+        queue: QueueId,
+        name: &str,
+        paused: bool,
+    ) -> StoreResult<ScheduleRecord> {
+        self.link("set_schedule_paused", None).await?.set_schedule_paused(queue, name, paused).await
+    }
+    async fn delete_schedule(&self, queue: QueueId, name: &str) -> StoreResult<()> {
+        self.link("delete_schedule", None).await?.delete_schedule(queue, name).await
+    }
+    async fn due_schedules(
+        &self,
+        horizon: Duration,
+        limit: u32,
+    ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)> {
+        self.link("due_schedules", None).await?.due_schedules(horizon, limit).await
+    }
+    async fn fire_schedules(
+        &self,
+        fence: &CoordinatorFence,
+        fires: &[ScheduleFire],
+    ) -> StoreResult<Vec<FireOutcome>> {
+        let _call = self.enter("fire_schedules");
+        let lose = self.next_fault("fire_schedules", true).is_some();
+        let result = self.link("fire_schedules", None).await?.fire_schedules(fence, fires).await;
+        Self::answer("fire_schedules", lose, result)
     }
 }
 

@@ -23,6 +23,7 @@ use helix_store::{
     CancelOutcome, Enqueued, NewTask, OwnerFence, PartitionOutcomes, TaskBatchOutcome, TaskCount,
     TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry, TaskState,
 };
+use helix_store::{FireOutcome, NewSchedule, ScheduleFire, ScheduleRecord};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -382,6 +383,40 @@ impl Store for Gated {
     }
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
         self.inner.prune_tasks(older_than, limit).await
+    }
+    async fn create_schedule(&self, queue: QueueId, schedule: &NewSchedule) -> StoreResult<ScheduleRecord> {
+        self.inner.create_schedule(queue, schedule).await
+    }
+    async fn get_schedule(&self, queue: QueueId, name: &str) -> StoreResult<ScheduleRecord> {
+        self.inner.get_schedule(queue, name).await
+    }
+    async fn list_schedules(&self, queue: Option<QueueId>) -> StoreResult<Vec<ScheduleRecord>> {
+        self.inner.list_schedules(queue).await
+    }
+    async fn set_schedule_paused(
+        &self,
+        queue: QueueId,
+        name: &str,
+        paused: bool,
+    ) -> StoreResult<ScheduleRecord> {
+        self.inner.set_schedule_paused(queue, name, paused).await
+    }
+    async fn delete_schedule(&self, queue: QueueId, name: &str) -> StoreResult<()> {
+        self.inner.delete_schedule(queue, name).await
+    }
+    async fn due_schedules(
+        &self,
+        horizon: Duration,
+        limit: u32,
+    ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)> {
+        self.inner.due_schedules(horizon, limit).await
+    }
+    async fn fire_schedules(
+        &self,
+        fence: &CoordinatorFence,
+        fires: &[ScheduleFire],
+    ) -> StoreResult<Vec<FireOutcome>> {
+        self.inner.fire_schedules(fence, fires).await
     }
 }
 

@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod schedules;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use helix_core::{
     ClusterName, DomainName, NameError, PartitionCount, PartitionId, QueueId, QueueName, WorkerId,
 };
+pub use schedules::ScheduleSpec;
 pub use tasks::TaskSpec;
 
 use helix_store::{

@@ -152,7 +152,11 @@ impl TaskSpec {
 
 impl Client {
     /// The id and partition count of `domain/name`, from the cache or the store.
-    async fn queue_ref(&self, domain: &str, name: &str) -> Result<(QueueId, PartitionCount), ClientError> {
+    pub(super) async fn queue_ref(
+        &self,
+        domain: &str,
+        name: &str,
+    ) -> Result<(QueueId, PartitionCount), ClientError> {
         let key = (DomainName::new(domain)?, QueueName::new(name)?);
         if let Some(found) = self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(*found);

@@ -21,6 +21,7 @@ use super::allocator::Allocate;
 use super::detector::{FailureDetector, Sweep, WorkersExpired};
 use super::election::{LeadershipChanged, StepDown};
 use super::reconcile::{ReconcileInput, check_rows, plan_towards, request_for};
+use super::schedules::{SCHEDULE_POLL_INTERVAL, fire_due};
 
 /// How long after a live worker's lease end the coordinator sweeps for it, and the least
 /// delay of such a sweep.
@@ -103,6 +104,8 @@ pub struct Coordinator {
     last_progress: Instant,
     /// A round planned for when a live worker's lease runs out, before the next tick.
     wake: Option<(Instant, SpawnHandle)>,
+    /// Whether a fire of schedules is under way.
+    firing: bool,
 }
 
 impl Coordinator {
@@ -123,6 +126,7 @@ impl Coordinator {
             last_full: None,
             last_progress: Instant::now(),
             wake: None,
+            firing: false,
         }
     }
 
@@ -269,6 +273,32 @@ impl Actor for Coordinator {
                 ctx.spawn(round.map(|_, _, _| ()));
             }
         });
+        ctx.run_interval(SCHEDULE_POLL_INTERVAL, |act, ctx| act.fire_schedules(ctx));
+    }
+}
+
+impl Coordinator {
+    /// Materializes the slots of due schedules, if leading and no fire is under way. A fenced
+    /// write steps down; any other failure is logged and tried again at the next poll, which
+    /// reads the cursors afresh, so a write whose answer was lost is never repeated blindly.
+    fn fire_schedules(&mut self, ctx: &mut Context<Self>) {
+        let Some(fence) = self.fence.clone() else { return };
+        if self.firing {
+            return;
+        }
+        self.firing = true;
+        let fire = fire_due(Arc::clone(&self.store), fence.clone(), self.config.coordinator_call_timeout);
+        ctx.spawn(fire.into_actor(self).map(move |result, act, _| {
+            act.firing = false;
+            match result {
+                Ok(_) => {}
+                Err(err) if err.is_fenced() => {
+                    tracing::warn!(term = fence.term.0, error = %err, "schedule fire fenced, stepping down");
+                    act.step_down(&fence);
+                }
+                Err(err) => tracing::warn!(error = %err, "schedule fire failed"),
+            }
+        }));
     }
 }
 
@@ -321,7 +351,7 @@ enum RoundError {
 }
 
 /// `call`, given up after `limit` as [`StoreError::Unavailable`].
-async fn timed<T>(
+pub(super) async fn timed<T>(
     limit: Duration,
     what: &str,
     call: impl Future<Output = Result<T, StoreError>>,

@@ -23,6 +23,7 @@ macro_rules! schedule_conformance_tests {
             schedules_round_trip,
             schedules_fire_materializes_each_slot_once,
             schedules_fire_is_fenced_by_term,
+            schedules_racing_fires_make_one_task_per_slot,
             schedules_bad_fire_changes_nothing,
             schedules_pause_cancels_future_slots_and_resume_skips_the_pause,
             schedules_delete_cancels_future_slots_and_leaves_due_ones,
@@ -277,4 +278,41 @@ pub async fn schedules_delete_cancels_future_slots_and_leaves_due_ones(b: &dyn B
     assert!(due >= 1, "{made:?} at {now}");
     let again = store.create_schedule(queue.id, &every("tick", 1_000)).await.expect("the name is free again");
     let _ = fire(&*store, &fence, &again, Duration::from_secs(5)).await;
+}
+
+/// Two writes of the same slots racing (on the SQL stores, really at once, on two
+/// connections): one makes the tasks, the other makes none; one task per slot in the end.
+pub async fn schedules_racing_fires_make_one_task_per_slot(b: &dyn Backend) {
+    let store = b.store();
+    let queue = make_queue(&*store, "d", "q", 4).await;
+    let fence = lead(&*store, "main").await;
+    store.create_schedule(queue.id, &every("tick", 1_000)).await.expect("create");
+    let mut slots = 0;
+    for round in 1..=8u64 {
+        let record = store.get_schedule(queue.id, "tick").await.expect("get");
+        let now = store.now().await.expect("now");
+        let plan =
+            plan_fire(&record, now, Duration::from_secs(2 * round), 100).expect("plan").expect("slots");
+        let (a, b) = tokio::join!(
+            store.fire_schedules(&fence, std::slice::from_ref(&plan)),
+            store.fire_schedules(&fence, std::slice::from_ref(&plan))
+        );
+        let made: usize = [a, b]
+            .into_iter()
+            .map(|r| match r.expect("a racing fire succeeds").remove(0) {
+                FireOutcome::Fired { created, duplicates } => {
+                    assert!(created.is_empty() || duplicates.is_empty(), "{created:?} {duplicates:?}");
+                    created.len()
+                }
+                FireOutcome::Stale => 0,
+            })
+            .sum();
+        assert_eq!(made, plan.slots.len(), "round {round}: each slot made once");
+        slots += made;
+    }
+    let pending = store.list_tasks(queue.id, TaskState::Pending, None, 1_000).await.expect("list");
+    assert_eq!(pending.len(), slots);
+    let mut at: Vec<_> = pending.iter().map(|t| t.run_at).collect();
+    at.dedup();
+    assert_eq!(at.len(), slots, "one task per slot");
 }
