@@ -214,3 +214,90 @@ pub enum FireOutcome {
     /// read (another write fired these slots). Not an error.
     Stale,
 }
+
+/// A schedule's columns as the SQL stores keep them (integers widened to `i64`), for one
+/// conversion to [`ScheduleRecord`] shared by both.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) struct StoredSchedule {
+    pub(crate) id: i64,
+    pub(crate) queue_id: i64,
+    pub(crate) name: String,
+    pub(crate) cron: Option<String>,
+    pub(crate) every_ms: Option<i64>,
+    pub(crate) time_zone: String,
+    pub(crate) partition_id: i64,
+    pub(crate) priority: i64,
+    pub(crate) max_attempts: i64,
+    pub(crate) timeout_ms: i64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) missed_slots: String,
+    pub(crate) grace_ms: i64,
+    pub(crate) paused: bool,
+    pub(crate) next_slot_at: chrono::NaiveDateTime,
+    pub(crate) last_slot_at: Option<chrono::NaiveDateTime>,
+    pub(crate) last_task_id: Option<i64>,
+    pub(crate) created_at: chrono::NaiveDateTime,
+    pub(crate) updated_at: chrono::NaiveDateTime,
+}
+
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+impl StoredSchedule {
+    /// The record; `Database` for a row no store writes.
+    pub(crate) fn record(self) -> Result<ScheduleRecord, crate::StoreError> {
+        use crate::StoreError;
+        let bad =
+            |what: &str, v: i64| StoreError::Database(format!("stored schedule {what} {v} is out of range"));
+        let u64_of = |v: i64, what: &str| u64::try_from(v).map_err(|_| bad(what, v));
+        let u32_of = |v: i64, what: &str| u32::try_from(v).map_err(|_| bad(what, v));
+        let recurrence = match (self.cron, self.every_ms) {
+            (Some(expression), None) => Recurrence::Cron(expression),
+            (None, Some(ms)) => Recurrence::Every(Duration::from_millis(u64_of(ms, "interval")?)),
+            _ => {
+                return Err(StoreError::Database(format!(
+                    "stored schedule {} has no single recurrence",
+                    self.id
+                )));
+            }
+        };
+        let missed_slots = MissedSlots::parse(&self.missed_slots).ok_or_else(|| {
+            StoreError::Database(format!("stored missed-slot policy {:?} is unknown", self.missed_slots))
+        })?;
+        Ok(ScheduleRecord {
+            id: ScheduleId(u64_of(self.id, "id")?),
+            queue_id: QueueId(u64_of(self.queue_id, "queue id")?),
+            spec: NewSchedule {
+                name: self.name,
+                recurrence,
+                time_zone: self.time_zone,
+                partition: PartitionId(u32_of(self.partition_id, "partition")?),
+                priority: i32::try_from(self.priority).map_err(|_| bad("priority", self.priority))?,
+                max_attempts: u32_of(self.max_attempts, "max attempts")?,
+                timeout: Duration::from_millis(u64_of(self.timeout_ms, "timeout")?),
+                payload: self.payload,
+                missed_slots,
+                grace: Duration::from_millis(u64_of(self.grace_ms, "grace")?),
+                paused: self.paused,
+            },
+            next_slot_at: self.next_slot_at.and_utc(),
+            last_slot_at: self.last_slot_at.map(|t| t.and_utc()),
+            last_task_id: self.last_task_id.map(|id| u64_of(id, "last task id").map(TaskId)).transpose()?,
+            created_at: self.created_at.and_utc(),
+            updated_at: self.updated_at.and_utc(),
+        })
+    }
+}
+
+/// A recurrence as its two columns, `cron` and `every_ms`.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn recurrence_columns(recurrence: &Recurrence) -> (Option<String>, Option<i64>) {
+    match recurrence {
+        Recurrence::Cron(expression) => (Some(expression.clone()), None),
+        Recurrence::Every(every) => (None, Some(i64::try_from(every.as_millis()).unwrap_or(i64::MAX))),
+    }
+}
+
+/// Milliseconds of a duration for a `BIGINT` column, saturating.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

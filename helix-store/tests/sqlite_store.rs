@@ -229,7 +229,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         match SqliteStore::open(Some(&path), &options).await {
             Err(StoreError::SchemaTooNew { database, binary }) => {
                 assert_eq!(database, "99991231000000");
-                assert_eq!(binary, "20261130000002");
+                assert_eq!(binary, "20261204000001");
             }
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
@@ -256,13 +256,16 @@ async fn reopening_keeps_data_and_migrations_run_once() {
     assert_eq!(events.last().map(|e| e.kind), Some(EventKind::QueueCreated));
 
     let mut conn = raw(&path);
-    assert_eq!(count(&mut conn, "SELECT COUNT(*) AS n FROM __diesel_schema_migrations"), 3);
+    assert_eq!(count(&mut conn, "SELECT COUNT(*) AS n FROM __diesel_schema_migrations"), 4);
     let mode: Mode = sql_query("PRAGMA journal_mode").get_result(&mut conn).expect("journal mode");
     assert_eq!(mode.journal_mode, "wal");
 
     // The down migrations, newest first, remove every table the up migrations made, and up
     // works again after.
     let tables = "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name LIKE 'helix_%'";
+    assert_eq!(count(&mut conn, tables), 11);
+    conn.batch_execute(include_str!("../../migrations/sqlite/2026-12-04-000001_schedules/down.sql"))
+        .expect("down schedules");
     assert_eq!(count(&mut conn, tables), 9);
     conn.batch_execute(include_str!(
         "../../migrations/sqlite/2026-11-30-000002_subscription_seen_version/down.sql"
@@ -281,7 +284,9 @@ async fn reopening_keeps_data_and_migrations_run_once() {
         "../../migrations/sqlite/2026-11-30-000002_subscription_seen_version/up.sql"
     ))
     .expect("up seen_version");
-    assert_eq!(count(&mut conn, tables), 9);
+    conn.batch_execute(include_str!("../../migrations/sqlite/2026-12-04-000001_schedules/up.sql"))
+        .expect("up schedules");
+    assert_eq!(count(&mut conn, tables), 11);
 }
 
 /// A database whose directory does not exist is refused at once with a message naming it.

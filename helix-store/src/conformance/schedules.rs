@@ -154,7 +154,7 @@ pub async fn schedules_fire_materializes_each_slot_once(b: &dyn Backend) {
     assert!(after.last_slot_at.is_some_and(|s| same(s, made.last().expect("made").0)));
     assert_eq!(after.last_task_id, Some(made.last().expect("made").1));
     assert_eq!(
-        store.fire_schedules(&fence, &[plan.clone()]).await.expect("fire again"),
+        store.fire_schedules(&fence, std::slice::from_ref(&plan)).await.expect("fire again"),
         vec![FireOutcome::Stale],
         "a fire whose cursor moved writes nothing"
     );
@@ -187,7 +187,10 @@ pub async fn schedules_fire_is_fenced_by_term(b: &dyn Backend) {
     let now = store.now().await.expect("now");
     let plan = plan_fire(&record, now, Duration::from_secs(2), 100).expect("plan").expect("slots");
     let stale = CoordinatorFence { term: Term(fence.term.0 + 1), ..fence.clone() };
-    assert_fenced(store.fire_schedules(&stale, &[plan.clone()]).await, "a fire under another term");
+    assert_fenced(
+        store.fire_schedules(&stale, std::slice::from_ref(&plan)).await,
+        "a fire under another term",
+    );
     let other = CoordinatorFence { holder: helix_core::WorkerId::new_v7(), ..fence.clone() };
     assert_fenced(store.fire_schedules(&other, &[plan]).await, "a fire by another holder");
     assert_eq!(store.get_schedule(queue.id, "tick").await.expect("get"), record, "cursor unchanged");

@@ -30,6 +30,7 @@
 //!   statements, not 50,000.
 
 mod ops;
+mod schedules;
 mod schema;
 mod tasks;
 
@@ -56,6 +57,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::model::*;
 use crate::retry::Retry;
 use crate::rules;
+use crate::schedules::*;
 use crate::store::Store;
 use crate::tasks::*;
 use crate::url::StoreUrl;
@@ -794,7 +796,52 @@ impl Store for MysqlStore {
         run!(self, "retry_dead_task", |conn| tx!(conn, tasks::retry_dead(conn, id)))
     }
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
-        run!(self, "prune_tasks", |conn| tasks::prune(conn, older_than, limit))
+        run!(self, "prune_tasks", |conn| async {
+            let pruned = tasks::prune(conn, older_than, limit).await?;
+            schedules::prune_runs(conn, older_than, limit).await?;
+            Ok(pruned)
+        })
+    }
+
+    async fn create_schedule(&self, queue: QueueId, schedule: &NewSchedule) -> StoreResult<ScheduleRecord> {
+        run!(self, "create_schedule", |conn| tx!(conn, schedules::create(conn, queue, schedule)))
+    }
+    async fn get_schedule(&self, queue: QueueId, name: &str) -> StoreResult<ScheduleRecord> {
+        run!(self, "get_schedule", |conn| schedules::get(conn, queue, name))
+    }
+    async fn list_schedules(&self, queue: Option<QueueId>) -> StoreResult<Vec<ScheduleRecord>> {
+        run!(self, "list_schedules", |conn| schedules::list(conn, queue))
+    }
+    async fn set_schedule_paused(
+        &self,
+        queue: QueueId,
+        name: &str,
+        paused: bool,
+    ) -> StoreResult<ScheduleRecord> {
+        run!(self, "set_schedule_paused", |conn| tx!(conn, schedules::set_paused(conn, queue, name, paused)))
+    }
+    async fn delete_schedule(&self, queue: QueueId, name: &str) -> StoreResult<()> {
+        run!(self, "delete_schedule", |conn| tx!(conn, schedules::delete(conn, queue, name)))
+    }
+    async fn due_schedules(
+        &self,
+        horizon: Duration,
+        limit: u32,
+    ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)> {
+        run!(self, "due_schedules", |conn| schedules::due(conn, horizon, limit))
+    }
+    async fn fire_schedules(
+        &self,
+        fence: &CoordinatorFence,
+        fires: &[ScheduleFire],
+    ) -> StoreResult<Vec<FireOutcome>> {
+        rules::schedules::validate_fires(fires)?;
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Tried again after a failed commit like any coordinator write: a fire that was
+        // applied finds its cursor moved and answers Stale, and its slots keep their tasks.
+        run!(self, "fire_schedules", |conn| tx!(conn, schedules::fire(conn, fence, fires)))
     }
 }
 

@@ -393,7 +393,7 @@ async fn last_insert_id(conn: &mut Conn) -> Res<i64> {
 
 /// Locks the coordinator row and checks the fence: `holder = me AND term = my_term AND
 /// expires_at > NOW(6)`. Every coordinator write starts with this, in its transaction.
-async fn check_fence(conn: &mut Conn, fence: &CoordinatorFence) -> Res<()> {
+pub(super) async fn check_fence(conn: &mut Conn, fence: &CoordinatorFence) -> Res<()> {
     let row: Option<LeaseRow> = diesel::sql_query(
         "SELECT cluster, holder, term, expires_at, CAST(expires_at > NOW(6) AS SIGNED) AS flag \
          FROM helix_coordinator WHERE cluster = ? FOR UPDATE",
@@ -581,6 +581,9 @@ pub(super) async fn delete_queue(conn: &mut Conn, domain: &DomainName, name: &Qu
         .await
         .optional()?;
     let id = id.ok_or_else(|| StoreError::NotFound(format!("queue {domain}/{name}")))?;
+    // The schedules first: a fire that holds one of them commits its tasks before the
+    // tasks below are deleted.
+    super::schedules::delete_queue(conn, id).await?;
     diesel::delete(helix_assignments::table.filter(helix_assignments::queue_id.eq(id))).execute(conn).await?;
     diesel::delete(helix_subscriptions::table.filter(helix_subscriptions::queue_id.eq(id)))
         .execute(conn)

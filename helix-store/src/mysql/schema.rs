@@ -81,6 +81,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    helix_schedules (id) {
+        id -> BigInt,
+        queue_id -> BigInt,
+        name -> Varchar,
+        cron -> Nullable<Varchar>,
+        every_ms -> Nullable<BigInt>,
+        time_zone -> Varchar,
+        partition_id -> Integer,
+        priority -> Integer,
+        max_attempts -> Integer,
+        timeout_ms -> BigInt,
+        payload -> Blob,
+        missed_slots -> Varchar,
+        grace_ms -> BigInt,
+        paused -> Bool,
+        next_slot_at -> Datetime,
+        last_slot_at -> Nullable<Datetime>,
+        last_task_id -> Nullable<BigInt>,
+        created_at -> Datetime,
+        updated_at -> Datetime,
+    }
+}
+
+diesel::table! {
+    helix_schedule_runs (schedule_id, slot_at) {
+        schedule_id -> BigInt,
+        slot_at -> Datetime,
+        task_id -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     helix_domains,
     helix_queues,
@@ -89,4 +121,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     helix_coordinator,
     helix_assignments,
     helix_events,
+    helix_schedules,
+    helix_schedule_runs,
 );

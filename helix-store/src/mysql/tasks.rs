@@ -90,7 +90,7 @@ fn stored_u32(v: i32, what: &str) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Database(format!("stored task {what} {v} is negative")))
 }
 
-fn stored_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+pub(super) fn stored_u64(v: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Database(format!("stored {what} {v} is negative")))
 }
 
@@ -235,7 +235,7 @@ fn id_i64(id: TaskId) -> Result<i64, StoreError> {
     i64::try_from(id.0).map_err(|_| StoreError::Invalid(format!("task id {id} is too large")))
 }
 
-fn q_i64(queue: QueueId) -> Result<i64, StoreError> {
+pub(super) fn q_i64(queue: QueueId) -> Result<i64, StoreError> {
     i64::try_from(queue.0).map_err(|_| StoreError::Invalid(format!("queue id {queue} is too large")))
 }
 
@@ -243,15 +243,15 @@ fn p_i32(p: PartitionId) -> Result<i32, StoreError> {
     i32::try_from(p.0).map_err(|_| StoreError::Invalid(format!("partition {p} is out of range")))
 }
 
-fn marks(n: usize) -> String {
+pub(super) fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-fn naive(at: DateTime<Utc>) -> NaiveDateTime {
+pub(super) fn naive(at: DateTime<Utc>) -> NaiveDateTime {
     at.naive_utc()
 }
 
-fn bind_ids<'a>(mut q: Query<'a>, ids: &[i64]) -> Query<'a> {
+pub(super) fn bind_ids<'a>(mut q: Query<'a>, ids: &[i64]) -> Query<'a> {
     for id in ids {
         q = q.bind::<BigInt, _>(*id);
     }
@@ -259,7 +259,7 @@ fn bind_ids<'a>(mut q: Query<'a>, ids: &[i64]) -> Query<'a> {
 }
 
 /// `SELECT <first> UNION ALL SELECT <rest> …`: a derived table of `n` bound rows.
-fn derived(n: usize, first: &str, rest: &str) -> String {
+pub(super) fn derived(n: usize, first: &str, rest: &str) -> String {
     let mut sql = format!("SELECT {first}");
     for _ in 1..n {
         sql.push_str(" UNION ALL SELECT ");
@@ -316,7 +316,20 @@ pub(super) async fn enqueue(conn: &mut Conn, queue: QueueId, tasks: &[NewTask]) 
     let now = row.now.and_utc();
     let due = rules::validate_enqueue(tasks, partitions, now)?;
     let step = u64::try_from(row.step).unwrap_or(1).max(1);
+    insert_validated(conn, queue_id, now, tasks, &due, step).await
+}
 
+/// Inserts `tasks`, already validated on the store's `now` and due at `due`, into the queue
+/// `queue_id`, as an enqueue does (dedup keys included), inside the caller's transaction;
+/// `step` is `@@auto_increment_increment`.
+pub(super) async fn insert_validated(
+    conn: &mut Conn,
+    queue_id: i64,
+    now: DateTime<Utc>,
+    tasks: &[NewTask],
+    due: &[DateTime<Utc>],
+    step: u64,
+) -> Res<Vec<Enqueued>> {
     let mut out = Vec::with_capacity(tasks.len());
     let mut start = 0;
     while start < tasks.len() {
@@ -755,6 +768,30 @@ pub(super) async fn recover(conn: &mut Conn, fence: &OwnerFence) -> Res<TaskReco
     let writes: Vec<TaskWrite> = heads.iter().map(|h| rules::after_recovery(h, fence)).collect();
     apply(conn, now, &writes).await?;
     Ok(rules::recovery(&writes))
+}
+
+/// Cancels those of the tasks `ids` that are still `PENDING` and due after `now`, as
+/// [`cancel`] cancels a pending task (to the history as `CANCELLED`), in the caller's
+/// transaction; answers the ids it cancelled.
+pub(super) async fn cancel_future(conn: &mut Conn, now: DateTime<Utc>, ids: &[i64]) -> Res<Vec<i64>> {
+    let mut cancelled = Vec::new();
+    for chunk in ids.chunks(MAX_BINDS - 1) {
+        // By primary key, in id order (the order every writer locks tasks in).
+        let q = diesel::sql_query(format!(
+            "SELECT id, state, attempts, max_attempts, claimed_epoch FROM helix_tasks WHERE id IN ({}) \
+             AND state = 'PENDING' AND run_at > ? ORDER BY id FOR UPDATE",
+            marks(chunk.len())
+        ))
+        .into_boxed::<Mysql>();
+        let rows: Vec<HeadRow> = bind_ids(q, chunk).bind::<Datetime, _>(naive(now)).load(conn).await?;
+        let heads = rows.into_iter().map(HeadRow::head).collect::<Result<Vec<_>, _>>()?;
+        let writes: Vec<TaskWrite> = heads.iter().map(rules::after_cancel).collect();
+        apply(conn, now, &writes).await?;
+        for h in &heads {
+            cancelled.push(id_i64(h.id)?);
+        }
+    }
+    Ok(cancelled)
 }
 
 /// A cancellation; not fenced (operators and clients cancel).

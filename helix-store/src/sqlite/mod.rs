@@ -50,6 +50,7 @@ use crate::migrate;
 use crate::model::*;
 use crate::retry::Retry;
 use crate::rules::{self, LeaseDecision, RowState};
+use crate::schedules::*;
 use crate::store::Store;
 use crate::tasks::*;
 
@@ -71,7 +72,8 @@ macro_rules! now {
     };
 }
 
-// After `now!`, which it uses.
+// After `now!`, which they use.
+mod schedules;
 mod tasks;
 
 /// Enqueues `tasks` in `queue` on the application's own connection, inside the transaction
@@ -992,6 +994,8 @@ impl Store for SqliteStore {
             let row = queue_row_by_name(conn, domain.as_str(), name.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("queue {domain}/{name}")))?;
             for statement in [
+                schedules::DELETE_QUEUE[0],
+                schedules::DELETE_QUEUE[1],
                 "DELETE FROM helix_assignments WHERE queue_id = ?",
                 "DELETE FROM helix_subscriptions WHERE queue_id = ?",
                 "DELETE FROM helix_tasks WHERE queue_id = ?",
@@ -1770,7 +1774,57 @@ impl Store for SqliteStore {
     async fn prune_tasks(&self, older_than: Duration, limit: u32) -> StoreResult<u64> {
         // Beyond the range of SQLite's dates the cutoff is NULL and nothing is older.
         let cutoff = modifier('-', older_than.min(Duration::from_secs(400 * 366 * 86_400)));
-        self.write("prune_tasks", move |conn| tasks::prune(conn, cutoff, limit)).await
+        self.write("prune_tasks", move |conn| {
+            let pruned = tasks::prune(conn, cutoff.clone(), limit)?;
+            schedules::prune_runs(conn, cutoff, limit)?;
+            Ok(pruned)
+        })
+        .await
+    }
+
+    async fn create_schedule(&self, queue: QueueId, schedule: &NewSchedule) -> StoreResult<ScheduleRecord> {
+        let schedule = schedule.clone();
+        self.write("create_schedule", move |conn| schedules::create(conn, queue, &schedule)).await
+    }
+    async fn get_schedule(&self, queue: QueueId, name: &str) -> StoreResult<ScheduleRecord> {
+        let name = name.to_owned();
+        self.single("get_schedule", move |conn| schedules::get(conn, queue, &name)).await
+    }
+    async fn list_schedules(&self, queue: Option<QueueId>) -> StoreResult<Vec<ScheduleRecord>> {
+        self.single("list_schedules", move |conn| schedules::list(conn, queue)).await
+    }
+    async fn set_schedule_paused(
+        &self,
+        queue: QueueId,
+        name: &str,
+        paused: bool,
+    ) -> StoreResult<ScheduleRecord> {
+        let name = name.to_owned();
+        self.write("set_schedule_paused", move |conn| schedules::set_paused(conn, queue, &name, paused)).await
+    }
+    async fn delete_schedule(&self, queue: QueueId, name: &str) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write("delete_schedule", move |conn| schedules::delete(conn, queue, &name)).await
+    }
+    async fn due_schedules(
+        &self,
+        horizon: Duration,
+        limit: u32,
+    ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)> {
+        let horizon = schedules::modifier('+', horizon);
+        self.single("due_schedules", move |conn| schedules::due(conn, horizon, limit)).await
+    }
+    async fn fire_schedules(
+        &self,
+        fence: &CoordinatorFence,
+        fires: &[ScheduleFire],
+    ) -> StoreResult<Vec<FireOutcome>> {
+        rules::schedules::validate_fires(fires)?;
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (fence, fires) = (fence.clone(), std::sync::Arc::new(fires.to_vec()));
+        self.write("fire_schedules", move |conn| schedules::fire(conn, &fence, &fires)).await
     }
 }
 

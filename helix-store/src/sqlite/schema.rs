@@ -101,6 +101,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    helix_schedules (id) {
+        id -> BigInt,
+        queue_id -> BigInt,
+        name -> Text,
+        cron -> Nullable<Text>,
+        every_ms -> Nullable<BigInt>,
+        time_zone -> Text,
+        partition_id -> BigInt,
+        priority -> BigInt,
+        max_attempts -> BigInt,
+        timeout_ms -> BigInt,
+        payload -> Binary,
+        missed_slots -> Text,
+        grace_ms -> BigInt,
+        paused -> Bool,
+        next_slot_at -> Timestamp,
+        last_slot_at -> Nullable<Timestamp>,
+        last_task_id -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    helix_schedule_runs (schedule_id, slot_at) {
+        schedule_id -> BigInt,
+        slot_at -> Timestamp,
+        task_id -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     helix_domains,
     helix_queues,
@@ -110,4 +142,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     helix_assignments,
     helix_tasks,
     helix_events,
+    helix_schedules,
+    helix_schedule_runs,
 );

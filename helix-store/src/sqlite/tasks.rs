@@ -201,7 +201,7 @@ struct StateRow {
 }
 
 /// An instant in the stored format (milliseconds, UTC): text order is time order.
-fn text(at: DateTime<Utc>) -> String {
+pub(super) fn text(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
 }
 
@@ -209,7 +209,7 @@ fn id_i64(id: TaskId) -> Result<i64, StoreError> {
     to_i64(id.0, "task id")
 }
 
-fn marks(n: usize) -> String {
+pub(super) fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
@@ -220,7 +220,7 @@ fn bind_task_ids<'a>(mut q: Query<'a>, ids: &[i64]) -> Query<'a> {
     q
 }
 
-fn db_now(conn: &mut SqliteConnection) -> Tx<DateTime<Utc>> {
+pub(super) fn db_now(conn: &mut SqliteConnection) -> Tx<DateTime<Utc>> {
     let row: ClockRow = sql_query(concat!("SELECT ", now!(), " AS now")).get_result(conn)?;
     Ok(row.now.and_utc())
 }
@@ -274,7 +274,18 @@ pub(super) fn enqueue(conn: &mut SqliteConnection, queue: QueueId, tasks: &[NewT
         .ok_or_else(|| StoreError::Database(format!("stored partition count {}", row.partition_count)))?;
     let now = row.now.and_utc();
     let due = rules::validate_enqueue(tasks, partitions, now)?;
+    insert_validated(conn, queue_id, now, tasks, &due)
+}
 
+/// Inserts `tasks`, already validated on the store's `now` and due at `due`, into the queue
+/// `queue_id`, as an enqueue does (dedup keys included), inside the caller's transaction.
+pub(super) fn insert_validated(
+    conn: &mut SqliteConnection,
+    queue_id: i64,
+    now: DateTime<Utc>,
+    tasks: &[NewTask],
+    due: &[DateTime<Utc>],
+) -> Tx<Vec<Enqueued>> {
     // Keys already held by unfinished tasks: under the write lock nobody else inserts.
     let keys: Vec<&str> = tasks.iter().filter_map(|t| t.dedup_key.as_deref()).collect();
     let mut held: HashMap<String, TaskId> = HashMap::new();
@@ -316,7 +327,7 @@ pub(super) fn enqueue(conn: &mut SqliteConnection, queue: QueueId, tasks: &[NewT
     }
     let mut ids: Vec<TaskId> = Vec::with_capacity(fresh.len());
     for chunk in fresh.chunks(MAX_BINDS / INSERT_COLUMNS) {
-        ids.extend(insert_rows(conn, queue_id, now, tasks, &due, chunk)?);
+        ids.extend(insert_rows(conn, queue_id, now, tasks, due, chunk)?);
     }
     Ok(slots
         .into_iter()
@@ -557,11 +568,11 @@ fn apply(conn: &mut SqliteConnection, now: DateTime<Utc>, writes: &[TaskWrite]) 
 
 /// The most rows of one [`derived`] table: SQLite refuses a compound `SELECT` of more than
 /// 500 terms (`SQLITE_MAX_COMPOUND_SELECT`, "too many terms in compound SELECT").
-const MAX_COMPOUND_ROWS: usize = 500;
+pub(super) const MAX_COMPOUND_ROWS: usize = 500;
 
 /// `SELECT <first> UNION ALL SELECT <rest> …`: a derived table of `n` bound rows, at most
 /// [`MAX_COMPOUND_ROWS`].
-fn derived(n: usize, first: &str, rest: &str) -> String {
+pub(super) fn derived(n: usize, first: &str, rest: &str) -> String {
     let mut sql = format!("SELECT {first}");
     for _ in 1..n {
         sql.push_str(" UNION ALL SELECT ");
@@ -585,6 +596,29 @@ pub(super) fn recover(conn: &mut SqliteConnection, fence: &OwnerFence) -> Tx<Tas
     let writes: Vec<TaskWrite> = heads.iter().map(|h| rules::after_recovery(h, fence)).collect();
     apply(conn, now, &writes)?;
     Ok(rules::recovery(&writes))
+}
+
+/// Cancels those of the tasks `ids` that are still `PENDING` and due after `now`, as
+/// [`cancel`] cancels a pending task (to the history as `CANCELLED`), in the caller's
+/// immediate transaction; answers the ids it cancelled.
+pub(super) fn cancel_future(conn: &mut SqliteConnection, now: DateTime<Utc>, ids: &[i64]) -> Tx<Vec<i64>> {
+    let mut cancelled = Vec::new();
+    for chunk in ids.chunks(MAX_BINDS - 1) {
+        let q = sql_query(format!(
+            "SELECT id, state, attempts, max_attempts, claimed_epoch FROM helix_tasks WHERE id IN ({}) \
+             AND state = 'PENDING' AND run_at > ? ORDER BY id",
+            marks(chunk.len())
+        ))
+        .into_boxed::<Sqlite>();
+        let rows: Vec<HeadRow> = bind_task_ids(q, chunk).bind::<Text, _>(text(now)).load(conn)?;
+        let heads = rows.into_iter().map(HeadRow::head).collect::<Result<Vec<_>, _>>()?;
+        let writes: Vec<TaskWrite> = heads.iter().map(rules::after_cancel).collect();
+        apply(conn, now, &writes)?;
+        for h in &heads {
+            cancelled.push(id_i64(h.id)?);
+        }
+    }
+    Ok(cancelled)
 }
 
 /// A cancellation; not fenced (operators and clients cancel).

@@ -1,0 +1,2 @@
+DROP TABLE helix_schedule_runs;
+DROP TABLE helix_schedules;
