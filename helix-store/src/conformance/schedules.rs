@@ -27,6 +27,8 @@ macro_rules! schedule_conformance_tests {
             schedules_bad_fire_changes_nothing,
             schedules_pause_cancels_future_slots_and_resume_skips_the_pause,
             schedules_delete_cancels_future_slots_and_leaves_due_ones,
+            schedules_go_with_their_queue_and_old_runs_are_pruned,
+            schedules_two_fires_of_one_schedule_in_one_call_apply_in_order,
         );
     };
     (@cases $setup:expr; $($case:ident),* $(,)?) => {
@@ -318,4 +320,68 @@ pub async fn schedules_racing_fires_make_one_task_per_slot(b: &dyn Backend) {
     let mut at: Vec<_> = pending.iter().map(|t| t.run_at).collect();
     at.dedup();
     assert_eq!(at.len(), slots, "one task per slot");
+}
+
+/// Deleting a queue deletes its schedules (and their runs: a new queue's schedule of the same
+/// name starts afresh); `prune_tasks` forgets runs older than its cutoff, never a slot that
+/// could fire again.
+pub async fn schedules_go_with_their_queue_and_old_runs_are_pruned(b: &dyn Backend) {
+    let store = b.store();
+    let queue = make_queue(&*store, "d", "q", 4).await;
+    let keep = make_queue(&*store, "d", "keep", 4).await;
+    let fence = lead(&*store, "main").await;
+    let gone = store.create_schedule(queue.id, &every("tick", 1_000)).await.expect("create");
+    let kept = store.create_schedule(keep.id, &every("tick", 1_000)).await.expect("create");
+    let _ = fire(&*store, &fence, &gone, Duration::from_secs(2)).await;
+    let made = created(&fire(&*store, &fence, &kept, Duration::from_secs(2)).await);
+    store.delete_queue(&queue.domain, &queue.name).await.expect("delete queue");
+    let left = store.list_schedules(None).await.expect("list");
+    assert_eq!(left.iter().map(|r| r.queue_id).collect::<Vec<_>>(), vec![keep.id]);
+
+    // Prune: the runs of `kept` are at most 3 s old; a cutoff of 1 h keeps them, then (past
+    // them) a short one removes them, and the cursor still never goes back.
+    store.prune_tasks(Duration::from_secs(3_600), 100).await.expect("prune");
+    let cursor = store.get_schedule(keep.id, "tick").await.expect("get").next_slot_at;
+    let dup = ScheduleFire {
+        schedule: kept.id,
+        cursor,
+        slots: vec![(made[0].0, made_task(&kept, made[0].0))],
+        next_slot_at: cursor + chrono::Duration::seconds(60),
+    };
+    match store.fire_schedules(&fence, &[dup]).await.expect("fire").remove(0) {
+        FireOutcome::Fired { created, duplicates } => {
+            assert!(created.is_empty(), "a slot kept in the runs never makes a second task");
+            assert_eq!(duplicates.len(), 1);
+        }
+        FireOutcome::Stale => panic!("expected a duplicate"),
+    }
+    b.advance(Duration::from_millis(3_500)).await;
+    store.prune_tasks(Duration::from_millis(100), 100).await.expect("prune");
+    let after = store.get_schedule(keep.id, "tick").await.expect("get");
+    assert!(after.next_slot_at > made.last().expect("made").0, "the cursor is past every pruned slot");
+}
+
+fn made_task(record: &ScheduleRecord, slot: DateTime<Utc>) -> NewTask {
+    crate::rules::schedules::task_of(&record.spec, slot)
+}
+
+/// Two fires of one schedule in one call apply in order: the second, read at the cursor the
+/// first leaves, goes on from there; one read at the old cursor is stale.
+pub async fn schedules_two_fires_of_one_schedule_in_one_call_apply_in_order(b: &dyn Backend) {
+    let store = b.store();
+    let queue = make_queue(&*store, "d", "q", 4).await;
+    let fence = lead(&*store, "main").await;
+    let record = store.create_schedule(queue.id, &every("tick", 1_000)).await.expect("create");
+    let now = store.now().await.expect("now");
+    let first = plan_fire(&record, now, Duration::from_secs(3), 2).expect("plan").expect("slots");
+    let moved = ScheduleRecord { next_slot_at: first.next_slot_at, ..record.clone() };
+    let second = plan_fire(&moved, now, Duration::from_secs(6), 2).expect("plan").expect("slots");
+    let out = store.fire_schedules(&fence, &[first.clone(), second.clone(), first]).await.expect("fire");
+    assert_eq!(created(&out[0]).len(), 2);
+    assert_eq!(created(&out[1]).len(), 2);
+    assert_eq!(out[2], FireOutcome::Stale);
+    let after = store.get_schedule(queue.id, "tick").await.expect("get");
+    assert!(same(after.next_slot_at, second.next_slot_at));
+    let pending = store.list_tasks(queue.id, TaskState::Pending, None, 100).await.expect("list");
+    assert_eq!(pending.len(), 4);
 }
