@@ -54,6 +54,9 @@ impl TaskTables {
             if let Some(e) = &w.last_error {
                 task.last_error = Some(e.clone());
             }
+            if let Some(r) = &w.result {
+                task.result = Some(r.clone());
+            }
             if w.state.is_finished() {
                 self.finish(w.id, now);
             }
@@ -144,6 +147,7 @@ impl MemStore {
                     deadline_at: None,
                     finished_at: None,
                     last_error: None,
+                    result: None,
                 },
             );
             out.push(Enqueued { id, created: true });
@@ -201,7 +205,7 @@ impl MemStore {
     }
 
     pub(super) fn tasks_complete(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
-        self.tasks_owner_write(fence, ids.to_vec(), |h, _| rules::after_complete(h))
+        self.tasks_owner_write(fence, ids.to_vec(), |h, _| rules::after_complete(h, None))
     }
 
     pub(super) fn tasks_fail(
@@ -219,7 +223,7 @@ impl MemStore {
             let f = failures.iter().find(|f| f.id == h.id);
             match f {
                 Some(f) => rules::after_failure(h, now, f),
-                None => rules::after_complete(h),
+                None => rules::after_complete(h, None),
             }
         })
     }
