@@ -468,15 +468,15 @@ impl Destinations {
             return Ok(());
         }
         let refused = |rule: String| Err(Refused { destination: ip.to_string(), rule });
-        if self.restricted() && !by_name {
-            return refused(
-                "the address is in no allowed network and its host is not on the allow-list".to_owned(),
-            );
-        }
         if let Some(rule) = default_rule(ip) {
             return refused(format!(
                 "{rule} addresses are refused by default (allow the address to reach it)"
             ));
+        }
+        if self.restricted() && !by_name {
+            return refused(
+                "the address is in no allowed network and its host is not on the allow-list".to_owned(),
+            );
         }
         if let Some(net) = self.denied.iter().find(|n| n.contains(&ip)) {
             return refused(format!("the address is in the denied network {net}"));
