@@ -264,7 +264,7 @@ pub fn validate_url(url: &str) -> Result<Url, WebhookError> {
     }
     match parsed.host() {
         None => return Err(WebhookError::NoHost),
-        Some(Host::Domain(d)) if d.is_empty() => return Err(WebhookError::NoHost),
+        Some(Host::Domain("")) => return Err(WebhookError::NoHost),
         Some(_) => {}
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
@@ -848,7 +848,7 @@ async fn excerpt(mut response: reqwest::Response) -> Result<String, reqwest::Err
 /// The delay a `Retry-After` header asks for, at most `max`: delta-seconds (`120`) or an
 /// HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`, and the two obsolete forms), counted from
 /// `now` (a date in the past: at once). `None` when absent or not valid.
-pub fn retry_after(headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
+fn retry_after(headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let delay = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Digits only: too many of them is simply "very long".
