@@ -229,7 +229,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         match SqliteStore::open(Some(&path), &options).await {
             Err(StoreError::SchemaTooNew { database, binary }) => {
                 assert_eq!(database, "99991231000000");
-                assert_eq!(binary, "20261130000002");
+                assert_eq!(binary, "20261204000002");
             }
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
@@ -256,7 +256,7 @@ async fn reopening_keeps_data_and_migrations_run_once() {
     assert_eq!(events.last().map(|e| e.kind), Some(EventKind::QueueCreated));
 
     let mut conn = raw(&path);
-    assert_eq!(count(&mut conn, "SELECT COUNT(*) AS n FROM __diesel_schema_migrations"), 3);
+    assert_eq!(count(&mut conn, "SELECT COUNT(*) AS n FROM __diesel_schema_migrations"), 4);
     let mode: Mode = sql_query("PRAGMA journal_mode").get_result(&mut conn).expect("journal mode");
     assert_eq!(mode.journal_mode, "wal");
 
