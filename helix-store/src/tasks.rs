@@ -21,6 +21,9 @@ pub const MAX_DEDUP_KEY_BYTES: usize = 255;
 /// The longest `last_error` kept, in bytes; longer messages are cut at a character boundary
 /// and end with `…`.
 pub const MAX_LAST_ERROR_BYTES: usize = 4_096;
+/// The longest `result` kept for a completed task, in bytes; longer results are cut at a
+/// character boundary and end with `…`, as `last_error` is.
+pub const MAX_RESULT_BYTES: usize = 4_096;
 /// The most attempts a task may be given.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 1_000;
 /// How many attempts a task gets when its enqueuer does not say.
@@ -251,6 +254,10 @@ pub struct TaskRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// The last error recorded, at most [`MAX_LAST_ERROR_BYTES`].
     pub last_error: Option<String>,
+    /// What the attempt that completed it reported (a short summary, such as a webhook's
+    /// response status and the start of its body), at most [`MAX_RESULT_BYTES`]. Written only
+    /// with a completion through [`PartitionOutcomes::results`]; `None` otherwise.
+    pub result: Option<String>,
 }
 
 /// One failed attempt to record.
@@ -307,12 +314,40 @@ pub struct PartitionOutcomes {
     /// Tasks to put back for later, as
     /// [`Store::retry_tasks_later`](crate::Store::retry_tasks_later).
     pub retried_later: Vec<TaskRetry>,
+    /// Results of tasks listed in `completed`, kept as their `result` (cut to
+    /// [`MAX_RESULT_BYTES`]) when this write completes them. A result is ignored for a task
+    /// the write does not complete (skipped, or not listed in `completed`); for a task
+    /// given two results, the first counts. At most as many as `completed` (else the write is
+    /// refused with `Invalid`); they do not count towards [`MAX_TASK_BATCH`].
+    pub results: Vec<TaskResult>,
+}
+
+/// The result of one completed task, see [`PartitionOutcomes::results`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task.
+    pub id: TaskId,
+    /// What its completing attempt reported; cut to [`MAX_RESULT_BYTES`].
+    pub result: String,
+}
+
+impl TaskResult {
+    /// The result `result` of task `id`.
+    pub fn new(id: TaskId, result: impl Into<String>) -> Self {
+        Self { id, result: result.into() }
+    }
 }
 
 impl PartitionOutcomes {
     /// No outcome yet for the partition of `fence`.
     pub fn new(fence: OwnerFence) -> Self {
-        Self { fence, completed: Vec::new(), failed: Vec::new(), retried_later: Vec::new() }
+        Self {
+            fence,
+            completed: Vec::new(),
+            failed: Vec::new(),
+            retried_later: Vec::new(),
+            results: Vec::new(),
+        }
     }
 
     /// How many task rows the outcomes name (repeats included): what counts towards

@@ -130,7 +130,7 @@ async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
         .query_first(format!("SELECT COUNT(*) FROM {}.__diesel_schema_migrations", db.name()))
         .await
         .expect("count migrations");
-    assert_eq!(applied, Some(4));
+    assert_eq!(applied, Some(5));
 
     // A migration this binary does not know: written by a newer Helix.
     conn.query_drop(format!(

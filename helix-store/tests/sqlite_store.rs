@@ -229,7 +229,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         match SqliteStore::open(Some(&path), &options).await {
             Err(StoreError::SchemaTooNew { database, binary }) => {
                 assert_eq!(database, "99991231000000");
-                assert_eq!(binary, "20261204000001");
+                assert_eq!(binary, "20261204000002");
             }
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
@@ -256,7 +256,7 @@ async fn reopening_keeps_data_and_migrations_run_once() {
     assert_eq!(events.last().map(|e| e.kind), Some(EventKind::QueueCreated));
 
     let mut conn = raw(&path);
-    assert_eq!(count(&mut conn, "SELECT COUNT(*) AS n FROM __diesel_schema_migrations"), 4);
+    assert_eq!(count(&mut conn, "SELECT COUNT(*) AS n FROM __diesel_schema_migrations"), 5);
     let mode: Mode = sql_query("PRAGMA journal_mode").get_result(&mut conn).expect("journal mode");
     assert_eq!(mode.journal_mode, "wal");
 
@@ -264,6 +264,8 @@ async fn reopening_keeps_data_and_migrations_run_once() {
     // works again after.
     let tables = "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name LIKE 'helix_%'";
     assert_eq!(count(&mut conn, tables), 11);
+    conn.batch_execute(include_str!("../../migrations/sqlite/2026-12-04-000002_task_result/down.sql"))
+        .expect("down task_result");
     conn.batch_execute(include_str!("../../migrations/sqlite/2026-12-04-000001_schedules/down.sql"))
         .expect("down schedules");
     assert_eq!(count(&mut conn, tables), 9);
@@ -286,6 +288,8 @@ async fn reopening_keeps_data_and_migrations_run_once() {
     .expect("up seen_version");
     conn.batch_execute(include_str!("../../migrations/sqlite/2026-12-04-000001_schedules/up.sql"))
         .expect("up schedules");
+    conn.batch_execute(include_str!("../../migrations/sqlite/2026-12-04-000002_task_result/up.sql"))
+        .expect("up task_result");
     assert_eq!(count(&mut conn, tables), 11);
 }
 

@@ -47,6 +47,10 @@ pub enum ClientError {
     /// [`StoreError::Conflict`] when a queue exists with another partition count.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A webhook task was refused before anything was sent to the store: its URL or an
+    /// extra header breaks a rule of [`WebhookRequest`](crate::tasks::webhook::WebhookRequest).
+    #[error(transparent)]
+    Webhook(#[from] crate::tasks::webhook::WebhookError),
 }
 
 /// Queue name → (id, partition count).

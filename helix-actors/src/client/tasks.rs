@@ -80,6 +80,43 @@ impl TaskSpec {
         Ok(Self::new(serde_json::to_vec(value)?))
     }
 
+    /// A webhook delivery: a POST of `body` (as JSON) to `url`, for a queue served by a
+    /// [`WebhookHandler`](crate::tasks::webhook::WebhookHandler). The URL is checked now
+    /// (`http` or `https`, a host, no `user:pass@`, at most
+    /// [`MAX_URL_BYTES`](crate::tasks::webhook::MAX_URL_BYTES)); whether its destination is
+    /// allowed is for the handler to decide when it delivers. The defaults of
+    /// [`TaskSpec::new`] apply (10 attempts of at most 60 s each); `docs/webhooks-draft.md`
+    /// says what a receiver sees.
+    ///
+    /// ```
+    /// use helix_actors::client::TaskSpec;
+    ///
+    /// let task = TaskSpec::webhook("https://hooks.example.com/orders", &serde_json::json!({ "order": 42 }))?
+    ///     .key("customer-7")
+    ///     .max_attempts(5);
+    /// assert!(TaskSpec::webhook("ftp://example.com/", &()).is_err());
+    /// # let _ = task;
+    /// # Ok::<(), helix_actors::client::ClientError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClientError::Webhook`] naming the rule the URL breaks, or a body that does not
+    /// serialize.
+    pub fn webhook<T: Serialize + ?Sized>(url: &str, body: &T) -> Result<Self, ClientError> {
+        Self::webhook_request(&crate::tasks::webhook::WebhookRequest::new(url, body)?)
+    }
+
+    /// A webhook delivery of `request` (which may carry extra headers), as
+    /// [`webhook`](Self::webhook).
+    ///
+    /// # Errors
+    /// [`ClientError::Webhook`] when the request breaks a rule of
+    /// [`WebhookRequest`](crate::tasks::webhook::WebhookRequest).
+    pub fn webhook_request(request: &crate::tasks::webhook::WebhookRequest) -> Result<Self, ClientError> {
+        request.validate()?;
+        Ok(Self::new(request.to_payload()?))
+    }
+
     /// Routes the task by `key`: every task with this key goes to the same partition.
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.route = Route::Key(key.into());

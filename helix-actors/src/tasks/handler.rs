@@ -95,6 +95,11 @@ impl TaskContext {
 pub enum TaskOutcome {
     /// The task is done: recorded `DONE` (exactly once in the database).
     Done,
+    /// The task is done, as [`Done`](Self::Done), and the attempt reports `result`: kept as
+    /// the task's `result` ([`TaskRecord::result`]), cut to
+    /// [`MAX_RESULT_BYTES`](helix_store::MAX_RESULT_BYTES) (4 KiB) at a character boundary.
+    /// Meant for a short summary (a status, the start of a response), not for payloads.
+    DoneWith(String),
     /// The attempt failed: the task runs again after `delay` (`None`: the queue's
     /// exponential backoff with jitter, see [`TaskPolicy`](super::TaskPolicy)), or is dead
     /// (a dead letter with `error`) when this was its last allowed attempt. A panic and a
@@ -115,6 +120,11 @@ pub enum TaskOutcome {
 }
 
 impl TaskOutcome {
+    /// Done, with `result` kept on the task ([`TaskOutcome::DoneWith`]).
+    pub fn done_with(result: impl fmt::Display) -> Self {
+        Self::DoneWith(result.to_string())
+    }
+
     /// A failed attempt, retried after the queue's backoff.
     pub fn retry(error: impl fmt::Display) -> Self {
         Self::Retry { error: error.to_string(), delay: None }

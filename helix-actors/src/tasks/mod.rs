@@ -67,6 +67,7 @@ mod handler;
 mod outbox;
 mod policy;
 mod runner;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -21,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use helix_core::{PartitionId, QueueId};
 use helix_store::{
     MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, OwnerFence, PartitionOutcomes, RunAt, Store, StoreError, StoreResult,
-    TaskBatchOutcome, TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskRetry,
+    TaskBatchOutcome, TaskFailure, TaskId, TaskRecord, TaskRecovery, TaskResult, TaskRetry,
 };
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -604,6 +604,10 @@ impl Loop {
         for f in &batch {
             match &f.outcome {
                 TaskOutcome::Done => outcomes.completed.push(f.id),
+                TaskOutcome::DoneWith(result) => {
+                    outcomes.completed.push(f.id);
+                    outcomes.results.push(TaskResult::new(f.id, result.clone()));
+                }
                 TaskOutcome::Retry { error, delay } => {
                     let delay =
                         delay.unwrap_or_else(|| self.policy.backoff_for(f.attempt)).min(MAX_SCHEDULE_AHEAD);

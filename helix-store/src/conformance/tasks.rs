@@ -12,9 +12,9 @@ use super::{
 };
 use crate::{
     CancelOutcome, CoordinatorFence, Enqueued, MAX_ATTEMPTS_LIMIT, MAX_DEDUP_KEY_BYTES, MAX_LAST_ERROR_BYTES,
-    MAX_PAYLOAD_BYTES, MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, NewTask, OwnerFence, PartitionOutcomes,
-    PlanChange, QueueRecord, RunAt, Store, StoreError, TaskBatchOutcome, TaskCount, TaskFailure, TaskId,
-    TaskRetry, TaskState,
+    MAX_PAYLOAD_BYTES, MAX_RESULT_BYTES, MAX_SCHEDULE_AHEAD, MAX_TASK_BATCH, NewTask, OwnerFence,
+    PartitionOutcomes, PlanChange, QueueRecord, RunAt, Store, StoreError, TaskBatchOutcome, TaskCount,
+    TaskFailure, TaskId, TaskResult, TaskRetry, TaskState,
 };
 
 /// Instantiates every task conformance case as a `#[tokio::test]` for the backend that
@@ -47,6 +47,7 @@ macro_rules! task_conformance_tests {
             tasks_outcomes_touch_only_their_partitions_tasks_of_their_epoch,
             tasks_outcomes_written_again_change_nothing,
             tasks_outcomes_bad_input_is_refused_and_changes_nothing,
+            tasks_completion_keeps_a_bounded_result,
         );
     };
     (@cases $setup:expr; $($case:ident),* $(,)?) => {
@@ -976,4 +977,68 @@ pub async fn tasks_outcomes_bad_input_is_refused_and_changes_nothing(b: &dyn Bac
     ];
     let answers = store.record_task_outcomes(&at_limit).await.expect("at the limit");
     assert_eq!(answered(&answers, 1).applied, vec![(p1, TaskState::Done)]);
+}
+
+/// A completion written with a result keeps it on the finished task (read back by `get_task`
+/// and `list_tasks`), cut to `MAX_RESULT_BYTES` at a character boundary as `last_error` is;
+/// tasks completed without one, failed, pending or revived from the dead have none; a result
+/// for a task the write does not complete is ignored; more results than completions refuse
+/// the write.
+pub async fn tasks_completion_keeps_a_bounded_result(b: &dyn Backend) {
+    let store = b.store();
+    let s = setup(&*store, 1).await;
+    let f = own_all(&*store, &s, 1).await;
+    let t = running(&*store, &s, &f[0], &["with", "without", "long", "failed", "cancelled"]).await;
+    assert_eq!(store.get_task(t[0]).await.expect("get").result, None, "a running task has no result");
+
+    let too_many = PartitionOutcomes {
+        completed: vec![t[0]],
+        results: vec![TaskResult::new(t[0], "a"), TaskResult::new(t[1], "b")],
+        ..PartitionOutcomes::new(f[0])
+    };
+    assert_invalid(store.record_task_outcomes(&[too_many]).await, "more results than completions");
+    assert_eq!(state(&*store, t[0]).await, TaskState::Running, "nothing was written");
+
+    assert_eq!(store.cancel_task(t[4]).await.expect("cancel"), CancelOutcome::Requested);
+    let long = "é".repeat(MAX_RESULT_BYTES);
+    let batch = PartitionOutcomes {
+        completed: vec![t[0], t[1], t[2], t[4]],
+        failed: vec![TaskFailure::retry(t[3], "boom", Duration::from_secs(3_600))],
+        results: vec![
+            TaskResult::new(t[0], "HTTP 200 OK: {\"ok\":true}"),
+            TaskResult::new(t[0], "a second result for the same task"),
+            TaskResult::new(t[2], long.clone()),
+            TaskResult::new(t[3], "not completed: ignored"),
+        ],
+        ..PartitionOutcomes::new(f[0])
+    };
+    let answers = store.record_task_outcomes(&[batch]).await.expect("record");
+    assert_eq!(
+        answered(&answers, 0).applied,
+        vec![
+            (t[0], TaskState::Done),
+            (t[1], TaskState::Done),
+            (t[2], TaskState::Done),
+            (t[4], TaskState::Cancelled),
+            (t[3], TaskState::Pending),
+        ]
+    );
+    let with = store.get_task(t[0]).await.expect("get");
+    assert_eq!((with.state, with.result.as_deref()), (TaskState::Done, Some("HTTP 200 OK: {\"ok\":true}")));
+    assert_eq!(store.get_task(t[1]).await.expect("get").result, None);
+    let cut = store.get_task(t[2]).await.expect("get").result.expect("a result");
+    assert!(cut.len() <= MAX_RESULT_BYTES && cut.ends_with('…'), "{} bytes", cut.len());
+    assert!(long.starts_with(cut.trim_end_matches('…')), "cut at a character boundary");
+    assert_eq!(store.get_task(t[3]).await.expect("get").result, None, "a failed attempt keeps no result");
+    assert_eq!(store.get_task(t[4]).await.expect("get").state, TaskState::Cancelled);
+    let listed = store.list_tasks(s.queue.id, TaskState::Done, None, 10).await.expect("list");
+    assert_eq!(listed.iter().find(|l| l.id == t[0]).and_then(|l| l.result.clone()), with.result);
+
+    // The single-kind completion keeps no result; a revived dead task has none.
+    let more = running(&*store, &s, &f[0], &["plain", "dead"]).await;
+    store.complete_tasks(&f[0], &[more[0]]).await.expect("complete");
+    assert_eq!(store.get_task(more[0]).await.expect("get").result, None);
+    store.fail_tasks(&f[0], &[TaskFailure::dead(more[1], "bad input")]).await.expect("fail");
+    let revived = store.retry_dead_task(more[1]).await.expect("revive");
+    assert_eq!((revived.state, revived.result), (TaskState::Pending, None));
 }

@@ -70,6 +70,7 @@ impl TaskTables {
                 deadline_at: None,
                 finished_at: None,
                 last_error: None,
+                result: None,
             },
         );
         Enqueued { id, created: true }
@@ -109,6 +110,9 @@ impl TaskTables {
             }
             if let Some(e) = &w.last_error {
                 task.last_error = Some(e.clone());
+            }
+            if let Some(r) = &w.result {
+                task.result = Some(r.clone());
             }
             if w.state.is_finished() {
                 self.finish(w.id, now);
@@ -218,7 +222,7 @@ impl MemStore {
     }
 
     pub(super) fn tasks_complete(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
-        self.tasks_owner_write(fence, ids.to_vec(), |h, _| rules::after_complete(h))
+        self.tasks_owner_write(fence, ids.to_vec(), |h, _| rules::after_complete(h, None))
     }
 
     pub(super) fn tasks_fail(
@@ -236,7 +240,7 @@ impl MemStore {
             let f = failures.iter().find(|f| f.id == h.id);
             match f {
                 Some(f) => rules::after_failure(h, now, f),
-                None => rules::after_complete(h),
+                None => rules::after_complete(h, None),
             }
         })
     }

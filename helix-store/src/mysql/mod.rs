@@ -703,7 +703,7 @@ impl Store for MysqlStore {
     }
     async fn complete_tasks(&self, fence: &OwnerFence, ids: &[TaskId]) -> StoreResult<TaskBatchOutcome> {
         rules::tasks::validate_batch(ids.len(), "a task write")?;
-        let decide = |h: &rules::tasks::TaskHead, _| rules::tasks::after_complete(h);
+        let decide = |h: &rules::tasks::TaskHead, _| rules::tasks::after_complete(h, None);
         run!(self, "complete_tasks", |conn| tx!(conn, tasks::owner_write(conn, fence, ids, &decide)))
     }
     async fn fail_tasks(
@@ -720,7 +720,7 @@ impl Store for MysqlStore {
         let ids: Vec<TaskId> = failures.iter().map(|f| f.id).collect();
         let decide = |h: &rules::tasks::TaskHead, now| match failures.iter().find(|f| f.id == h.id) {
             Some(f) => rules::tasks::after_failure(h, now, f),
-            None => rules::tasks::after_complete(h),
+            None => rules::tasks::after_complete(h, None),
         };
         run!(self, "fail_tasks", |conn| tx!(conn, tasks::owner_write(conn, fence, &ids, &decide)))
     }

@@ -41,7 +41,7 @@ const MAX_STATEMENT_PAYLOAD: usize = 8 << 20;
 
 /// The columns of both task tables but `finished_at`, in [`TaskRow`]'s order.
 const COLUMNS: &str = "id, queue_id, partition_id, state, priority, run_at, attempts, max_attempts, timeout_ms, \
-     dedup_key, payload, claimed_epoch, claimed_by, created_at, started_at, deadline_at, last_error";
+     dedup_key, payload, claimed_epoch, claimed_by, created_at, started_at, deadline_at, last_error, result";
 
 /// Values an enqueue binds per row.
 const INSERT_BINDS: usize = 9;
@@ -82,6 +82,8 @@ struct TaskRow {
     deadline_at: Option<NaiveDateTime>,
     #[diesel(sql_type = Nullable<Text>)]
     last_error: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    result: Option<String>,
     #[diesel(sql_type = Nullable<Datetime>)]
     finished_at: Option<NaiveDateTime>,
 }
@@ -125,6 +127,7 @@ impl TaskRow {
             deadline_at: self.deadline_at.map(|t| t.and_utc()),
             finished_at: self.finished_at.map(|t| t.and_utc()),
             last_error: self.last_error,
+            result: self.result,
         })
     }
 }
@@ -697,13 +700,15 @@ pub(super) async fn record_outcomes(
 async fn apply(conn: &mut Conn, now: DateTime<Utc>, writes: &[TaskWrite]) -> Res<()> {
     let (finished, hot): (Vec<&TaskWrite>, Vec<&TaskWrite>) =
         writes.iter().partition(|w| w.state.is_finished());
-    for chunk in finished.chunks(MAX_BINDS / 5) {
-        let values = derived(chunk.len(), "? AS id, ? AS state, ? AS attempts, ? AS err", "?, ?, ?, ?");
+    for chunk in finished.chunks(MAX_BINDS / 6) {
+        let values =
+            derived(chunk.len(), "? AS id, ? AS state, ? AS attempts, ? AS err, ? AS res", "?, ?, ?, ?, ?");
         let sql = format!(
             "INSERT INTO helix_task_history ({COLUMNS}, finished_at) SELECT t.id, t.queue_id, t.partition_id, \
              v.state, t.priority, t.run_at, v.attempts, t.max_attempts, t.timeout_ms, t.dedup_key, t.payload, \
              t.claimed_epoch, t.claimed_by, t.created_at, t.started_at, t.deadline_at, \
-             COALESCE(v.err, t.last_error), ? FROM helix_tasks AS t JOIN ({values}) AS v ON t.id = v.id"
+             COALESCE(v.err, t.last_error), COALESCE(v.res, t.result), ? FROM helix_tasks AS t \
+             JOIN ({values}) AS v ON t.id = v.id"
         );
         // `finished_at` comes first in the text, before the derived table.
         let mut q = diesel::sql_query(sql).into_boxed::<Mysql>().bind::<Datetime, _>(naive(now));
@@ -712,7 +717,8 @@ async fn apply(conn: &mut Conn, now: DateTime<Utc>, writes: &[TaskWrite]) -> Res
                 .bind::<BigInt, _>(id_i64(w.id)?)
                 .bind::<Text, _>(w.state.as_str())
                 .bind::<Integer, _>(i32::try_from(w.attempts).unwrap_or(i32::MAX))
-                .bind::<Nullable<Text>, _>(w.last_error.clone());
+                .bind::<Nullable<Text>, _>(w.last_error.clone())
+                .bind::<Nullable<Text>, _>(w.result.clone());
         }
         let moved = q.execute(conn).await?;
         if moved != chunk.len() {
@@ -965,7 +971,7 @@ pub(super) async fn retry_dead(conn: &mut Conn, id: TaskId) -> Res<TaskRecord> {
     let inserted = diesel::sql_query(format!(
         "INSERT INTO helix_tasks ({COLUMNS}) SELECT id, queue_id, partition_id, 'PENDING', priority, NOW(6), 0, \
          max_attempts, timeout_ms, dedup_key, payload, claimed_epoch, claimed_by, created_at, NULL, NULL, \
-         last_error FROM helix_task_history WHERE id = ?"
+         last_error, NULL FROM helix_task_history WHERE id = ?"
     ))
     .bind::<BigInt, _>(key)
     .execute(conn)

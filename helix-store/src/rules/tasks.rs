@@ -150,14 +150,25 @@ pub fn needs_now(tasks: &[NewTask]) -> bool {
 /// `error` cut to at most [`MAX_LAST_ERROR_BYTES`] bytes at a character boundary; a cut
 /// message ends with `…`.
 pub fn bound_error(error: &str) -> String {
-    if error.len() <= MAX_LAST_ERROR_BYTES {
-        return error.to_owned();
+    bound_text(error, MAX_LAST_ERROR_BYTES)
+}
+
+/// `result` cut to at most [`MAX_RESULT_BYTES`] bytes, as [`bound_error`] cuts errors.
+pub fn bound_result(result: &str) -> String {
+    bound_text(result, MAX_RESULT_BYTES)
+}
+
+/// `text` cut to at most `max` bytes (at least 3) at a character boundary, ending with `…`
+/// when cut.
+fn bound_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
     }
-    let mut end = MAX_LAST_ERROR_BYTES - '…'.len_utf8();
-    while !error.is_char_boundary(end) {
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &error[..end])
+    format!("{}…", &text[..end])
 }
 
 /// What a write needs to know of a task it holds (locked).
@@ -190,6 +201,8 @@ pub struct TaskWrite {
     pub deadline_at: Option<DateTime<Utc>>,
     /// Its new last error (`None`: unchanged).
     pub last_error: Option<String>,
+    /// Its result (completions only; `None`: unchanged).
+    pub result: Option<String>,
 }
 
 impl TaskWrite {
@@ -201,16 +214,19 @@ impl TaskWrite {
             run_at: None,
             deadline_at: None,
             last_error: None,
+            result: None,
         }
     }
 }
 
-/// A completion: `DONE`, or `CANCELLED` for a task cancelled while running.
-pub fn after_complete(head: &TaskHead) -> TaskWrite {
-    match head.state {
-        TaskState::Cancelling => TaskWrite::keep(head, TaskState::Cancelled),
-        _ => TaskWrite::keep(head, TaskState::Done),
-    }
+/// A completion: `DONE`, or `CANCELLED` for a task cancelled while running; either way with
+/// the completing attempt's `result`, if any (bounded).
+pub fn after_complete(head: &TaskHead, result: Option<&str>) -> TaskWrite {
+    let state = match head.state {
+        TaskState::Cancelling => TaskState::Cancelled,
+        _ => TaskState::Done,
+    };
+    TaskWrite { result: result.map(bound_result), ..TaskWrite::keep(head, state) }
 }
 
 /// A cancellation of a pending task: `CANCELLED`, attempts unchanged.
@@ -232,7 +248,7 @@ pub fn after_failure(head: &TaskHead, now: DateTime<Utc>, failure: &TaskFailure)
         },
     };
     let run_at = failure.retry_in.filter(|_| state == TaskState::Pending).map(|d| plus(now, d));
-    TaskWrite { id: head.id, state, attempts: head.attempts, run_at, deadline_at: None, last_error: error }
+    TaskWrite { last_error: error, run_at, ..TaskWrite::keep(head, state) }
 }
 
 /// A retry-later: `PENDING` again at `now + delay`, and the attempt is given back (it does not
@@ -242,12 +258,9 @@ pub fn after_retry_later(head: &TaskHead, now: DateTime<Utc>, delay: Duration) -
     match head.state {
         TaskState::Cancelling => TaskWrite::keep(head, TaskState::Cancelled),
         _ => TaskWrite {
-            id: head.id,
-            state: TaskState::Pending,
             attempts: head.attempts.saturating_sub(1),
             run_at: Some(plus(now, delay)),
-            deadline_at: None,
-            last_error: None,
+            ..TaskWrite::keep(head, TaskState::Pending)
         },
     }
 }
@@ -278,14 +291,7 @@ pub fn after_recovery(head: &TaskHead, fence: &OwnerFence) -> TaskWrite {
         _ if head.attempts >= head.max_attempts => TaskState::Dead,
         _ => TaskState::Pending,
     };
-    TaskWrite {
-        id: head.id,
-        state,
-        attempts: head.attempts,
-        run_at: None,
-        deadline_at: None,
-        last_error: Some(lost),
-    }
+    TaskWrite { last_error: Some(lost), ..TaskWrite::keep(head, state) }
 }
 
 /// Splits the heads an owner write asked for into those it may write (claimed under the
@@ -339,6 +345,9 @@ pub fn validate_outcomes(batches: &[PartitionOutcomes]) -> StoreResult<()> {
         }
         for r in &b.retried_later {
             validate_delay(r.delay, "retry delay").map_err(|e| at(e.to_string()))?;
+        }
+        if b.results.len() > b.completed.len() {
+            return Err(at(format!("{} results for {} completed tasks", b.results.len(), b.completed.len())));
         }
     }
     Ok(())
@@ -398,6 +407,10 @@ pub fn outcome_writes(
         Later(Duration),
     }
     let mut kinds: std::collections::HashMap<TaskId, Kind<'_>> = std::collections::HashMap::new();
+    let mut results: std::collections::HashMap<TaskId, &str> = std::collections::HashMap::new();
+    for r in &batch.results {
+        results.entry(r.id).or_insert(&r.result);
+    }
     for id in &batch.completed {
         kinds.entry(*id).or_insert(Kind::Complete);
     }
@@ -413,7 +426,7 @@ pub fn outcome_writes(
         .map(|h| match kinds.get(&h.id) {
             Some(Kind::Fail(f)) => after_failure(h, now, f),
             Some(Kind::Later(delay)) => after_retry_later(h, now, *delay),
-            Some(Kind::Complete) | None => after_complete(h),
+            Some(Kind::Complete) | None => after_complete(h, results.get(&h.id).copied()),
         })
         .collect();
     let answer = outcome(&writes, skipped);
@@ -460,6 +473,7 @@ pub fn revive(task: &mut TaskRecord, now: DateTime<Utc>) {
     task.started_at = None;
     task.deadline_at = None;
     task.finished_at = None;
+    task.result = None;
 }
 
 /// The error of an owner write whose fence no longer holds.

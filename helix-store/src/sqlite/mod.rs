@@ -1668,7 +1668,7 @@ impl Store for SqliteStore {
         crate::rules::tasks::validate_batch(ids.len(), "a task write")?;
         let (fence, ids) = (*fence, ids.to_vec());
         self.write("complete_tasks", move |conn| {
-            tasks::owner_write(conn, &fence, &ids, &|h, _| crate::rules::tasks::after_complete(h))
+            tasks::owner_write(conn, &fence, &ids, &|h, _| crate::rules::tasks::after_complete(h, None))
         })
         .await
     }
@@ -1688,7 +1688,7 @@ impl Store for SqliteStore {
             let ids: Vec<TaskId> = failures.iter().map(|f| f.id).collect();
             tasks::owner_write(conn, &fence, &ids, &|h, now| match failures.iter().find(|f| f.id == h.id) {
                 Some(f) => crate::rules::tasks::after_failure(h, now, f),
-                None => crate::rules::tasks::after_complete(h),
+                None => crate::rules::tasks::after_complete(h, None),
             })
         })
         .await

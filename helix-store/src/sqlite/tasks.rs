@@ -23,7 +23,7 @@ type Query<'a> = BoxedSqlQuery<'a, Sqlite, SqlQuery>;
 
 /// The columns of both task tables but `finished_at`, in [`TaskRow`]'s order.
 const COLUMNS: &str = "id, queue_id, partition_id, state, priority, run_at, attempts, max_attempts, timeout_ms, \
-     dedup_key, payload, claimed_epoch, claimed_by, created_at, started_at, deadline_at, last_error";
+     dedup_key, payload, claimed_epoch, claimed_by, created_at, started_at, deadline_at, last_error, result";
 
 /// The columns an enqueue writes, in the order [`insert_rows`] binds them.
 const INSERT_COLUMNS: usize = 9;
@@ -64,6 +64,8 @@ struct TaskRow {
     deadline_at: Option<NaiveDateTime>,
     #[diesel(sql_type = Nullable<Text>)]
     last_error: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    result: Option<String>,
     #[diesel(sql_type = Nullable<Timestamp>)]
     finished_at: Option<NaiveDateTime>,
 }
@@ -95,6 +97,7 @@ impl TaskRow {
             deadline_at: self.deadline_at.map(|t| t.and_utc()),
             finished_at: self.finished_at.map(|t| t.and_utc()),
             last_error: self.last_error,
+            result: self.result,
         })
     }
 }
@@ -512,13 +515,15 @@ pub(super) fn record_outcomes(
 fn apply(conn: &mut SqliteConnection, now: DateTime<Utc>, writes: &[TaskWrite]) -> Tx<()> {
     let (finished, hot): (Vec<&TaskWrite>, Vec<&TaskWrite>) =
         writes.iter().partition(|w| w.state.is_finished());
-    for chunk in finished.chunks((MAX_BINDS / 5).min(MAX_COMPOUND_ROWS)) {
-        let values = derived(chunk.len(), "? AS id, ? AS state, ? AS attempts, ? AS err", "?, ?, ?, ?");
+    for chunk in finished.chunks((MAX_BINDS / 6).min(MAX_COMPOUND_ROWS)) {
+        let values =
+            derived(chunk.len(), "? AS id, ? AS state, ? AS attempts, ? AS err, ? AS res", "?, ?, ?, ?, ?");
         let sql = format!(
             "INSERT INTO helix_task_history ({COLUMNS}, finished_at) SELECT t.id, t.queue_id, t.partition_id, \
              v.state, t.priority, t.run_at, v.attempts, t.max_attempts, t.timeout_ms, t.dedup_key, t.payload, \
              t.claimed_epoch, t.claimed_by, t.created_at, t.started_at, t.deadline_at, \
-             COALESCE(v.err, t.last_error), ? FROM helix_tasks AS t JOIN ({values}) AS v ON t.id = v.id"
+             COALESCE(v.err, t.last_error), COALESCE(v.res, t.result), ? FROM helix_tasks AS t \
+             JOIN ({values}) AS v ON t.id = v.id"
         );
         // `finished_at` comes first in the text, before the derived table.
         let mut q = sql_query(sql).into_boxed::<Sqlite>().bind::<Text, _>(text(now));
@@ -527,7 +532,8 @@ fn apply(conn: &mut SqliteConnection, now: DateTime<Utc>, writes: &[TaskWrite]) 
                 .bind::<BigInt, _>(id_i64(w.id)?)
                 .bind::<Text, _>(w.state.as_str())
                 .bind::<BigInt, _>(i64::from(w.attempts))
-                .bind::<Nullable<Text>, _>(w.last_error.clone());
+                .bind::<Nullable<Text>, _>(w.last_error.clone())
+                .bind::<Nullable<Text>, _>(w.result.clone());
         }
         let moved = q.execute(conn)?;
         if moved != chunk.len() {
@@ -779,7 +785,7 @@ pub(super) fn retry_dead(conn: &mut SqliteConnection, id: TaskId) -> Tx<TaskReco
     let inserted = sql_query(format!(
         "INSERT INTO helix_tasks ({COLUMNS}) SELECT id, queue_id, partition_id, 'PENDING', priority, ?, 0, \
          max_attempts, timeout_ms, dedup_key, payload, claimed_epoch, claimed_by, created_at, NULL, NULL, \
-         last_error FROM helix_task_history WHERE id = ? AND state = 'DEAD'"
+         last_error, NULL FROM helix_task_history WHERE id = ? AND state = 'DEAD'"
     ))
     .bind::<Text, _>(text(now))
     .bind::<BigInt, _>(id_i64(id)?)

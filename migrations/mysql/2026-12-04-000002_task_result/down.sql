@@ -1,0 +1,2 @@
+ALTER TABLE helix_task_history DROP COLUMN result;
+ALTER TABLE helix_tasks DROP COLUMN result;
