@@ -1,5 +1,5 @@
 //! Webhook delivery through a real worker on the memory store, against HTTP servers on
-//! 127.0.0.1 started by the tests (`docs/webhooks-draft.md`): outcomes by status, retries and
+//! 127.0.0.1 started by the tests (`docs/scheduling.md`, "Webhooks"): outcomes by status, retries and
 //! `Retry-After`, the idempotency key across attempts, connection failures and timeouts,
 //! refused destinations, redirects, and URLs refused at enqueue.
 //!

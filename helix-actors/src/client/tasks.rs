@@ -85,7 +85,7 @@ impl TaskSpec {
     /// (`http` or `https`, a host, no `user:pass@`, at most
     /// [`MAX_URL_BYTES`](crate::tasks::webhook::MAX_URL_BYTES)); whether its destination is
     /// allowed is for the handler to decide when it delivers. The defaults of
-    /// [`TaskSpec::new`] apply (10 attempts of at most 60 s each); `docs/webhooks-draft.md`
+    /// [`TaskSpec::new`] apply (10 attempts of at most 60 s each); `docs/scheduling.md`, "Webhooks"
     /// says what a receiver sees.
     ///
     /// ```

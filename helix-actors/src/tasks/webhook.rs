@@ -1,5 +1,5 @@
 //! Webhook delivery as a built-in task handler (DESIGN §6; semantics in
-//! `docs/webhooks-draft.md`): a task whose payload is a [`WebhookRequest`] envelope is POSTed to
+//! `docs/scheduling.md`, "Webhooks"): a task whose payload is a [`WebhookRequest`] envelope is POSTed to
 //! its URL by a [`WebhookHandler`].
 //!
 //! Delivery is **at least once**, like every task (`docs/tasks.md`): a receiver can see the same
