@@ -123,6 +123,32 @@ pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
     connect_with(url, ConnectOptions::default()).await
 }
 
+/// The schema version that [`connect`] brings the database at `url` to: the version of the
+/// newest migration this build embeds for its backend (such as `20261130000002`). A database
+/// that [`connect`] accepted is at this version. `None` for the in-memory store, which has no
+/// schema, and for a backend this build leaves out.
+///
+/// ```
+/// use helix_store::{StoreUrl, schema_version};
+///
+/// assert_eq!(schema_version(&StoreUrl::Memory), None);
+/// # #[cfg(feature = "sqlite")]
+/// assert!(schema_version(&StoreUrl::SqliteMemory).is_some());
+/// ```
+pub fn schema_version(url: &StoreUrl) -> Option<String> {
+    match url {
+        StoreUrl::Memory => None,
+        #[cfg(feature = "mysql")]
+        StoreUrl::Mysql(_) => migrate::newest_version::<diesel::mysql::Mysql, _>(mysql::MIGRATIONS),
+        #[cfg(feature = "sqlite")]
+        StoreUrl::Sqlite(_) | StoreUrl::SqliteMemory => {
+            migrate::newest_version::<diesel::sqlite::Sqlite, _>(sqlite::MIGRATIONS)
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 /// Connects to the store at `url` with `options`; see [`connect`].
 ///
 /// # Errors

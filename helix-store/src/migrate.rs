@@ -50,3 +50,9 @@ where
     }
     Ok(())
 }
+
+/// The version of the newest migration of `source`: the schema version a database reaches
+/// once its migrations have run. `None` when `source` has none or cannot be read.
+pub(crate) fn newest_version<DB: Backend, S: MigrationSource<DB>>(source: S) -> Option<String> {
+    source.migrations().ok()?.iter().map(|m| m.name().version().to_string()).max()
+}

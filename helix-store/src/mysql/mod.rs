@@ -64,7 +64,7 @@ use crate::url::StoreUrl;
 use crate::{ConnectOptions, migrate};
 
 /// The migrations of `migrations/mysql`, embedded in the binary.
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
+pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
 
 /// The most placeholders one statement binds (MySQL's limit is 65,535).
 pub(crate) const MAX_BINDS: usize = 60_000;

@@ -55,7 +55,7 @@ use crate::store::Store;
 use crate::tasks::*;
 
 /// The SQLite migrations, embedded in the binary.
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 
 /// How many values one statement binds at most (`IN (…)` lists, multi-row writes): below
 /// SQLite's default limit of 32,766 variables, so a plan of 50,000 partitions takes a handful
