@@ -16,11 +16,14 @@ use helix_store::rules::schedules::plan_fire;
 use helix_store::{MissedSlots, QueueRecord, Store, TaskRecord, TaskState};
 use tokio::time::Instant;
 
+/// One run a handler saw: the slot its payload names, and when it started.
+type Run = (String, DateTime<Utc>);
+
 /// Every run a handler saw: the slot its payload names, and when it started (on the kit's
 /// clock, which is the store's).
 #[derive(Clone)]
 struct Runs {
-    runs: Arc<Mutex<Vec<(String, DateTime<Utc>)>>>,
+    runs: Arc<Mutex<Vec<Run>>>,
     /// The kit's clock at `origin`, to turn tokio instants into store instants.
     epoch: (DateTime<Utc>, Instant),
 }
