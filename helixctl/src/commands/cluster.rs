@@ -14,7 +14,7 @@ use super::find_queue;
 use super::queues::AssignmentsView;
 use crate::cli::{EventsArgs, PartitionCommand, QueuePath, StatusArgs, WorkerCommand};
 use crate::error::{CliError, CliResult};
-use crate::output::{Out, instant, millis_until, or_dash, relative, table, table_text};
+use crate::output::{Out, instant, millis_until, or_dash, relative, span, table, table_text};
 
 /// How often `events --follow` asks for new events.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
@@ -137,14 +137,13 @@ fn render_status(v: &StatusView) -> String {
     }
     let mut t = table(["WORKER", "HOST", "PID", "STATUS", "SESSION", "UP", "LEASE", "PARTITIONS"]);
     for w in &v.workers {
-        let lease = if w.status.in_session() {
-            relative(w.lease_expires_at, v.now)
-                .replace("in ", "expires in ")
-                .replace(" ago", " ago (expired)")
-        } else {
-            "-".to_owned()
+        let remaining = Duration::from_millis(w.lease_remaining_ms.unsigned_abs());
+        let lease = match (w.status.in_session(), w.lease_remaining_ms >= 0) {
+            (false, _) => "-".to_owned(),
+            (true, true) => format!("expires in {}", span(remaining)),
+            (true, false) => format!("expired {} ago", span(remaining)),
         };
-        let up = relative(w.registered_at, v.now).replace(" ago", "");
+        let up = span(Duration::from_millis(w.session_age_ms.unsigned_abs()));
         let owned: Vec<String> = w.owned.iter().map(|(q, p)| format!("{q}: {}", p.len())).collect();
         let partitions = if owned.is_empty() {
             "0".to_owned()
