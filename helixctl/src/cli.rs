@@ -207,6 +207,12 @@ pub(crate) struct EnqueueArgs {
     /// again answers the holder's id, not created.
     #[arg(long, value_name = "K")]
     pub(crate) dedup_key: Option<String>,
+    /// Deliver the task as a webhook: a POST of the payload (`--payload-json`, else the text
+    /// payload as a JSON string, else `null`) to this http(s) URL, by a worker whose queue
+    /// runs the webhook handler. The URL is checked now (scheme, host, no credentials, at
+    /// most 2,048 bytes); see docs/scheduling.md, "Webhooks".
+    #[arg(long, value_name = "URL", conflicts_with = "payload_file")]
+    pub(crate) webhook: Option<String>,
 }
 
 /// `helixctl task …`

@@ -56,6 +56,7 @@ impl From<ClientError> for CliError {
         match err {
             ClientError::Invalid(name) => Self::Usage(name.to_string()),
             ClientError::Store(store) => store.into(),
+            ClientError::Webhook(webhook) => Self::Usage(webhook.to_string()),
         }
     }
 }

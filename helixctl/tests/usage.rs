@@ -81,6 +81,19 @@ fn input_checked_after_parsing_exits_2_too() {
     // A payload file that does not exist.
     let missing = ["enqueue", "shop/orders", "--payload-file", "/nonexistent/payload.bin"];
     Helixctl::new("memory://").run(&missing).code(2).stderr_has(&["cannot read the payload file"]);
+    // A webhook URL is checked at enqueue, before the queue is looked up.
+    for (url, says) in [
+        ("ftp://example.com/hook", "not http or https"),
+        ("https://user:secret@example.com/hook", "credentials"),
+        ("not a url", "not a valid url"),
+    ] {
+        Helixctl::new("memory://")
+            .run(&["enqueue", "shop/orders", "--webhook", url])
+            .code(2)
+            .stderr_has(&[says]);
+    }
+    let good = ["enqueue", "shop/orders", "--webhook", "https://example.com/hook", "--payload-json", "{}"];
+    Helixctl::new("memory://").run(&good).code(1).stderr_has(&["queue shop/orders not found"]);
 }
 
 #[test]

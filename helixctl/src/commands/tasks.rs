@@ -40,7 +40,19 @@ struct EnqueuedView {
 
 /// `helixctl enqueue`
 pub(super) async fn enqueue(client: &Client, out: Out, args: EnqueueArgs) -> CliResult {
-    let mut spec = TaskSpec::new(payload(&args.payload)?).priority(args.priority);
+    let mut spec = match &args.webhook {
+        Some(url) => {
+            let body = match (&args.payload.payload_json, &args.payload.payload) {
+                (Some(json), _) => serde_json::from_str(json)
+                    .map_err(|e| CliError::Usage(format!("--payload-json is not valid JSON: {e}")))?,
+                (None, Some(text)) => serde_json::Value::String(text.clone()),
+                (None, None) => serde_json::Value::Null,
+            };
+            TaskSpec::webhook(url, &body).map_err(CliError::from)?
+        }
+        None => TaskSpec::new(payload(&args.payload)?),
+    }
+    .priority(args.priority);
     if let Some(key) = args.key {
         spec = spec.key(key);
     }
