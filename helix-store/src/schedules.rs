@@ -33,8 +33,9 @@ pub const MAX_SCHEDULE_INTERVAL: Duration = Duration::from_secs(366 * 86_400);
 pub const DEFAULT_MISSED_SLOT_GRACE: Duration = Duration::from_secs(60);
 /// The longest grace a schedule may give its slots: 1 day.
 pub const MAX_MISSED_SLOT_GRACE: Duration = Duration::from_secs(86_400);
-/// The most slots one [`ScheduleFire`] may materialize, and the most schedules one
-/// [`Store::fire_schedules`](crate::Store::fire_schedules) call may fire.
+/// The most slots (and schedules) one [`Store::fire_schedules`](crate::Store::fire_schedules)
+/// call may write, in all: it holds the coordinator's lease row for its transaction, so it
+/// stays short.
 pub const MAX_FIRE_BATCH: usize = 1_000;
 
 /// A schedule's id: sequential per store, never reused.
@@ -213,6 +214,11 @@ pub enum FireOutcome {
     /// Nothing was written: the schedule is gone, paused, or its cursor moved since it was
     /// read (another write fired these slots). Not an error.
     Stale,
+    /// The store refuses a task of these slots (what an enqueue would answer
+    /// [`StoreError::Invalid`](crate::StoreError::Invalid) for: a schedule stored under older
+    /// limits, or edited by hand): they make no task and are skipped, the cursor moves to the
+    /// fire's `next_slot_at`, so that the schedule cannot hold up the others. Says why.
+    Invalid(String),
 }
 
 /// A schedule's columns as the SQL stores keep them (integers widened to `i64`), for one

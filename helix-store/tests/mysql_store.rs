@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use helix_core::{ClusterName, DomainName, Epoch, PartitionCount, PartitionId, QueueName, WorkerId};
 use helix_store::conformance::ScratchMysql;
+use helix_store::rules::schedules::plan_fire;
 use helix_store::{
     ConnectOptions, CoordinatorFence, EventKind, MysqlStore, PlanChange, QueueSpec, Store, StoreError,
     Subscription, WorkerRegistration,
 };
+use helix_store::{FireOutcome, NewSchedule, Recurrence, ScheduleFire, TaskState};
 use mysql_async::prelude::Queryable;
 
 const LONG: Duration = Duration::from_secs(600);
@@ -525,4 +527,64 @@ fn a_store_dropped_after_its_runtime_stopped_does_not_panic() {
     let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(store)));
     runtime().block_on(db.drop_database());
     assert!(dropped.is_ok(), "dropping the store after its runtime stopped panicked");
+}
+
+/// The runs' primary key alone stops a second task: with the cursor put back by hand behind
+/// slots that already have their task (the Store API never moves a cursor back), a fire of
+/// those slots makes none and answers them as duplicates.
+async fn a_slot_with_a_run_never_makes_a_second_task(
+    store: &dyn Store,
+    queue: helix_core::QueueId,
+) -> ScheduleFire {
+    let holder = WorkerId::new_v7();
+    let term =
+        store.acquire_lease(&ClusterName::default(), holder, LONG).await.expect("lease").expect("free");
+    let fence = CoordinatorFence { cluster: ClusterName::default(), holder, term };
+    let spec = NewSchedule::new("tick", Recurrence::Every(Duration::from_secs(1)), PartitionId(0), "x");
+    let record = store.create_schedule(queue, &spec).await.expect("create");
+    let now = store.now().await.expect("now");
+    let plan = plan_fire(&record, now, Duration::from_secs(3), 100).expect("plan").expect("slots");
+    store.fire_schedules(&fence, std::slice::from_ref(&plan)).await.expect("fire");
+    plan
+}
+
+async fn refire(store: &dyn Store, queue: helix_core::QueueId, plan: &ScheduleFire) {
+    let lease = store.get_lease(&ClusterName::default()).await.expect("lease").expect("held");
+    let fence = CoordinatorFence {
+        cluster: ClusterName::default(),
+        holder: lease.holder.expect("holder"),
+        term: lease.term,
+    };
+    let out = store.fire_schedules(&fence, std::slice::from_ref(plan)).await.expect("fire again");
+    match &out[0] {
+        FireOutcome::Fired { created, duplicates } => {
+            assert!(created.is_empty(), "a second task: {created:?}");
+            assert_eq!(duplicates.len(), plan.slots.len());
+        }
+        other => panic!("expected duplicates, got {other:?}"),
+    }
+    let pending = store.list_tasks(queue, TaskState::Pending, None, 100).await.expect("list");
+    assert_eq!(pending.len(), plan.slots.len(), "one task per slot");
+}
+
+#[tokio::test]
+async fn a_slot_with_a_run_never_makes_a_second_task_even_with_the_cursor_put_back() {
+    let db = ScratchMysql::create().await;
+    let store = connect(&db).await.expect("connect");
+    let domain = DomainName::new("d").expect("name");
+    store.create_domain(&domain).await.expect("domain");
+    let spec =
+        QueueSpec::new(domain, QueueName::new("q").expect("name"), PartitionCount::new(4).expect("count"));
+    let queue = store.create_queue(&spec).await.expect("queue");
+    let plan = a_slot_with_a_run_never_makes_a_second_task(&store, queue.id).await;
+    let mut conn = db.admin().await;
+    conn.query_drop(format!(
+        "UPDATE {0}.helix_schedules SET next_slot_at = (SELECT MIN(slot_at) FROM {0}.helix_schedule_runs)",
+        db.name()
+    ))
+    .await
+    .expect("put the cursor back");
+    refire(&store, queue.id, &plan).await;
+    drop(conn);
+    db.drop_database().await;
 }

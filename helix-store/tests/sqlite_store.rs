@@ -11,10 +11,12 @@ use diesel::connection::SimpleConnection;
 use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, QueryableByName, RunQueryDsl, sql_query};
 use helix_core::{ClusterName, DomainName, Epoch, PartitionCount, PartitionId, QueueName, Term, WorkerId};
+use helix_store::rules::schedules::plan_fire;
 use helix_store::{
     ConnectOptions, CoordinatorFence, EventKind, Heartbeat, PlanChange, QueueRecord, QueueSpec, SqliteStore,
     Store, StoreError, Subscription, WorkerRegistration,
 };
+use helix_store::{FireOutcome, NewSchedule, Recurrence, ScheduleFire, TaskState};
 use tempfile::TempDir;
 
 const LONG: Duration = Duration::from_secs(600);
@@ -442,4 +444,56 @@ async fn lease_contender_process() {
         };
         println!("contender round {round} {outcome}");
     }
+}
+
+/// The runs' primary key alone stops a second task: with the cursor put back by hand behind
+/// slots that already have their task (the Store API never moves a cursor back), a fire of
+/// those slots makes none and answers them as duplicates.
+async fn a_slot_with_a_run_never_makes_a_second_task(
+    store: &dyn Store,
+    queue: helix_core::QueueId,
+) -> ScheduleFire {
+    let holder = WorkerId::new_v7();
+    let term =
+        store.acquire_lease(&ClusterName::default(), holder, LONG).await.expect("lease").expect("free");
+    let fence = CoordinatorFence { cluster: ClusterName::default(), holder, term };
+    let spec = NewSchedule::new("tick", Recurrence::Every(Duration::from_secs(1)), PartitionId(0), "x");
+    let record = store.create_schedule(queue, &spec).await.expect("create");
+    let now = store.now().await.expect("now");
+    let plan = plan_fire(&record, now, Duration::from_secs(3), 100).expect("plan").expect("slots");
+    store.fire_schedules(&fence, std::slice::from_ref(&plan)).await.expect("fire");
+    plan
+}
+
+async fn refire(store: &dyn Store, queue: helix_core::QueueId, plan: &ScheduleFire) {
+    let lease = store.get_lease(&ClusterName::default()).await.expect("lease").expect("held");
+    let fence = CoordinatorFence {
+        cluster: ClusterName::default(),
+        holder: lease.holder.expect("holder"),
+        term: lease.term,
+    };
+    let out = store.fire_schedules(&fence, std::slice::from_ref(plan)).await.expect("fire again");
+    match &out[0] {
+        FireOutcome::Fired { created, duplicates } => {
+            assert!(created.is_empty(), "a second task: {created:?}");
+            assert_eq!(duplicates.len(), plan.slots.len());
+        }
+        other => panic!("expected duplicates, got {other:?}"),
+    }
+    let pending = store.list_tasks(queue, TaskState::Pending, None, 100).await.expect("list");
+    assert_eq!(pending.len(), plan.slots.len(), "one task per slot");
+}
+
+#[tokio::test]
+async fn a_slot_with_a_run_never_makes_a_second_task_even_with_the_cursor_put_back() {
+    let (_dir, path) = temp_db();
+    let store = open(&path).await;
+    let queue = make_queue(&store, 4).await;
+    let plan = a_slot_with_a_run_never_makes_a_second_task(&store, queue.id).await;
+    let mut conn = raw(&path);
+    conn.batch_execute(
+        "UPDATE helix_schedules SET next_slot_at = (SELECT MIN(slot_at) FROM helix_schedule_runs)",
+    )
+    .expect("put the cursor back");
+    refire(&store, queue.id, &plan).await;
 }

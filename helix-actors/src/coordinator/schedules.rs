@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use helix_store::rules::schedules::plan_fire;
-use helix_store::{CoordinatorFence, FireOutcome, ScheduleFire, Store, StoreError};
+use helix_store::{CoordinatorFence, FireOutcome, MAX_FIRE_BATCH, ScheduleFire, Store, StoreError};
 
 /// How often the leader looks for schedule slots to materialize: 1 s. One statement when
 /// none are due.
@@ -27,7 +27,8 @@ pub const SCHEDULE_LOOKAHEAD: Duration = Duration::from_secs(5);
 /// earliest cursor first.
 pub const SCHEDULES_PER_FIRE: u32 = 100;
 /// The most slots one schedule materializes per fire (an every-second schedule needs 5 per
-/// lookahead).
+/// lookahead). One fire writes at most [`MAX_FIRE_BATCH`] slots in all, earliest cursor
+/// first; the rest wait for the next poll.
 pub const SLOTS_PER_SCHEDULE: usize = 100;
 
 /// What one fire did.
@@ -41,6 +42,8 @@ pub struct FireReport {
     pub duplicates: usize,
     /// Schedules that moved or paused between the read and the write.
     pub stale: usize,
+    /// Schedules whose slots were skipped because the store refuses their task.
+    pub invalid: usize,
 }
 
 /// Reads the due schedules and writes their slots under `fence`, each store call given up
@@ -67,6 +70,16 @@ pub(crate) async fn fire_due(
             }
         })
         .collect();
+    // One write holds the lease row for its transaction: at most MAX_FIRE_BATCH slots in all;
+    // the rest wait for the next poll.
+    let mut total = 0;
+    let fires: Vec<ScheduleFire> = fires
+        .into_iter()
+        .take_while(|fire| {
+            total += fire.slots.len();
+            total <= MAX_FIRE_BATCH
+        })
+        .collect();
     if fires.is_empty() {
         return Ok(FireReport::default());
     }
@@ -88,6 +101,10 @@ pub(crate) async fn fire_due(
                 }
             }
             FireOutcome::Stale => report.stale += 1,
+            FireOutcome::Invalid(reason) => {
+                report.invalid += 1;
+                tracing::warn!(schedule = fire.schedule.0, %reason, "schedule slots skipped: the store refuses their task");
+            }
         }
     }
     tracing::debug!(term = fence.term.0, ?report, "schedules fired");

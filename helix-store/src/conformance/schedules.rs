@@ -68,7 +68,7 @@ async fn fire(
 fn created(outcome: &FireOutcome) -> Vec<(DateTime<Utc>, TaskId)> {
     match outcome {
         FireOutcome::Fired { created, .. } => created.clone(),
-        FireOutcome::Stale => panic!("expected a fire, got Stale"),
+        other => panic!("expected a fire, got {other:?}"),
     }
 }
 
@@ -160,22 +160,16 @@ pub async fn schedules_fire_materializes_each_slot_once(b: &dyn Backend) {
         vec![FireOutcome::Stale],
         "a fire whose cursor moved writes nothing"
     );
-    // A write that names slots which already have their task (as a retry after a lost answer
-    // would, had the cursor not moved) makes none.
+    // A write that names slots the cursor has passed is refused: a slot behind the cursor
+    // never makes a task again (the runs' primary key, tested by each SQL store's own tests,
+    // stops it too).
     let again = ScheduleFire {
         schedule: record.id,
         cursor: after.next_slot_at,
         slots: plan.slots.clone(),
         next_slot_at: after.next_slot_at + chrono::Duration::seconds(1),
     };
-    let dup = store.fire_schedules(&fence, &[again]).await.expect("fire duplicates");
-    match &dup[0] {
-        FireOutcome::Fired { created, duplicates } => {
-            assert!(created.is_empty());
-            assert_eq!(duplicates.len(), made.len());
-        }
-        FireOutcome::Stale => panic!("expected duplicates, got Stale"),
-    }
+    assert_invalid(store.fire_schedules(&fence, &[again]).await, "slots behind the cursor");
     let pending = store.list_tasks(queue.id, TaskState::Pending, None, 100).await.expect("list");
     assert_eq!(pending.len(), made.len(), "one task per slot");
 }
@@ -199,8 +193,9 @@ pub async fn schedules_fire_is_fenced_by_term(b: &dyn Backend) {
     assert!(store.list_tasks(queue.id, TaskState::Pending, None, 10).await.expect("list").is_empty());
 }
 
-/// A fire with a task an enqueue would refuse is refused whole, with the good fires of the
-/// same call.
+/// A fire with a task an enqueue would refuse (a schedule stored under older limits) makes
+/// no task and skips its slots, so it cannot hold up the others of the call; a call over the
+/// size limit, or a fire naming slots behind its cursor, is refused whole.
 pub async fn schedules_bad_fire_changes_nothing(b: &dyn Backend) {
     let store = b.store();
     let queue = make_queue(&*store, "d", "q", 4).await;
@@ -211,14 +206,29 @@ pub async fn schedules_bad_fire_changes_nothing(b: &dyn Backend) {
     let ok = plan_fire(&good, now, Duration::from_secs(1), 10).expect("plan").expect("slots");
     let mut wrong = plan_fire(&bad, now, Duration::from_secs(1), 10).expect("plan").expect("slots");
     wrong.slots[0].1 = NewTask { partition: PartitionId(9), ..wrong.slots[0].1.clone() };
-    assert_invalid(
-        store.fire_schedules(&fence, &[ok.clone(), wrong.clone()]).await,
-        "partition out of range",
-    );
-    let too_many = ScheduleFire { slots: vec![wrong.slots[0].clone(); crate::MAX_FIRE_BATCH + 1], ..wrong };
-    assert_invalid(store.fire_schedules(&fence, &[too_many]).await, "too many slots");
-    assert_eq!(store.get_schedule(queue.id, "good").await.expect("get"), good);
+
+    let too_many =
+        ScheduleFire { slots: vec![wrong.slots[0].clone(); crate::MAX_FIRE_BATCH + 1], ..wrong.clone() };
+    assert_invalid(store.fire_schedules(&fence, &[ok.clone(), too_many]).await, "too many slots");
+    let behind = ScheduleFire {
+        cursor: wrong.cursor + chrono::Duration::seconds(5),
+        next_slot_at: wrong.cursor + chrono::Duration::seconds(6),
+        ..wrong.clone()
+    };
+    assert_invalid(store.fire_schedules(&fence, &[ok.clone(), behind]).await, "slots behind the cursor");
+    let backwards = ScheduleFire { next_slot_at: wrong.cursor, slots: Vec::new(), ..wrong.clone() };
+    assert_invalid(store.fire_schedules(&fence, &[backwards]).await, "a cursor that goes back");
+    assert_eq!(store.get_schedule(queue.id, "good").await.expect("get"), good, "nothing written");
     assert!(store.list_tasks(queue.id, TaskState::Pending, None, 10).await.expect("list").is_empty());
+
+    let out = store.fire_schedules(&fence, &[wrong.clone(), ok.clone()]).await.expect("fire");
+    assert!(matches!(&out[0], FireOutcome::Invalid(reason) if reason.contains("partition")), "{out:?}");
+    assert_eq!(created(&out[1]).len(), ok.slots.len(), "the good schedule is not held up");
+    let skipped = store.get_schedule(queue.id, "bad").await.expect("get");
+    assert!(same(skipped.next_slot_at, wrong.next_slot_at), "the bad fire's slots are skipped");
+    assert_eq!(skipped.last_task_id, None);
+    let pending = store.list_tasks(queue.id, TaskState::Pending, None, 10).await.expect("list");
+    assert_eq!(pending.len(), ok.slots.len());
     let _ = RunAt::default();
 }
 
@@ -310,6 +320,7 @@ pub async fn schedules_racing_fires_make_one_task_per_slot(b: &dyn Backend) {
                     created.len()
                 }
                 FireOutcome::Stale => 0,
+                FireOutcome::Invalid(reason) => panic!("a valid fire was refused: {reason}"),
             })
             .sum();
         assert_eq!(made, plan.slots.len(), "round {round}: each slot made once");
@@ -342,21 +353,16 @@ pub async fn schedules_go_with_their_queue_and_old_runs_are_pruned(b: &dyn Backe
     // them) a short one removes them, and the cursor still never goes back.
     store.prune_tasks(Duration::from_secs(3_600), 100).await.expect("prune");
     let cursor = store.get_schedule(keep.id, "tick").await.expect("get").next_slot_at;
+    b.advance(Duration::from_millis(3_500)).await;
+    assert!(store.prune_tasks(Duration::from_millis(100), 100).await.is_ok());
+    // A pruned slot is behind the cursor: a write naming it is refused.
     let dup = ScheduleFire {
         schedule: kept.id,
         cursor,
         slots: vec![(made[0].0, made_task(&kept, made[0].0))],
         next_slot_at: cursor + chrono::Duration::seconds(60),
     };
-    match store.fire_schedules(&fence, &[dup]).await.expect("fire").remove(0) {
-        FireOutcome::Fired { created, duplicates } => {
-            assert!(created.is_empty(), "a slot kept in the runs never makes a second task");
-            assert_eq!(duplicates.len(), 1);
-        }
-        FireOutcome::Stale => panic!("expected a duplicate"),
-    }
-    b.advance(Duration::from_millis(3_500)).await;
-    store.prune_tasks(Duration::from_millis(100), 100).await.expect("prune");
+    assert_invalid(store.fire_schedules(&fence, &[dup]).await, "a pruned slot");
     let after = store.get_schedule(keep.id, "tick").await.expect("get");
     assert!(after.next_slot_at > made.last().expect("made").0, "the cursor is past every pruned slot");
 }

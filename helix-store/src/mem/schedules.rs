@@ -155,7 +155,10 @@ impl MemStore {
         limit: u32,
     ) -> StoreResult<(DateTime<Utc>, Vec<ScheduleRecord>)> {
         let (s, now) = self.lock();
-        let until = now + chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX);
+        let until = chrono::Duration::from_std(horizon)
+            .ok()
+            .and_then(|h| now.checked_add_signed(h))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut due: Vec<ScheduleRecord> = s
             .schedules
             .rows
@@ -176,23 +179,40 @@ impl MemStore {
         rules::validate_fires(fires)?;
         let (mut s, now) = self.lock();
         s.check_fence(fence, now)?;
-        // Validate every task before writing any, so that a bad fire changes nothing.
-        for fire in fires {
+        // Every task is checked before anything is written; a fire with a task the store
+        // refuses (a schedule stored by an older release) makes none, and its slots are
+        // skipped so that it cannot hold up the others.
+        let mut invalid: BTreeMap<usize, String> = BTreeMap::new();
+        for (i, fire) in fires.iter().enumerate() {
             if let Some(record) = s.schedules.rows.get(&fire.schedule) {
                 let partitions = s.partition_count(record.queue_id)?;
                 for (_, task) in &fire.slots {
-                    validate_new_task(task, partitions, now)?;
+                    match validate_new_task(task, partitions, now) {
+                        Ok(_) => {}
+                        Err(StoreError::Invalid(reason)) => {
+                            invalid.insert(i, reason);
+                            break;
+                        }
+                        Err(other) => return Err(other),
+                    }
                 }
             }
         }
         let mut out = Vec::with_capacity(fires.len());
-        for fire in fires {
+        for (i, fire) in fires.iter().enumerate() {
             let Some(record) = s.schedules.rows.get(&fire.schedule) else {
                 out.push(FireOutcome::Stale);
                 continue;
             };
             if record.spec.paused || record.next_slot_at != fire.cursor {
                 out.push(FireOutcome::Stale);
+                continue;
+            }
+            if let Some(reason) = invalid.get(&i) {
+                let record = s.schedules.rows.get_mut(&fire.schedule).expect("found above");
+                record.next_slot_at = fire.next_slot_at;
+                record.updated_at = now;
+                out.push(FireOutcome::Invalid(reason.clone()));
                 continue;
             }
             let queue = record.queue_id;

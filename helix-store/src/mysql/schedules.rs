@@ -209,7 +209,9 @@ async fn lock_by_name(conn: &mut Conn, queue: QueueId, name: &str) -> Res<(Sched
     .await
     .optional()?;
     match found {
-        Some(ClockedRow { now, row: Some(row) }) => Ok((row, now.and_utc())),
+        // NOW(6) is the instant a statement starts, before it waited for the lock: the now
+        // that decides which slots are still ahead is read once the lock is held.
+        Some(ClockedRow { row: Some(row), .. }) => Ok((row, super::ops::now(conn).await?)),
         _ => Err(not_found(queue, name)),
     }
 }
@@ -390,9 +392,12 @@ pub(super) async fn delete(conn: &mut Conn, queue: QueueId, name: &str) -> Res<(
 /// Deletes the schedules of a deleted queue and their runs, in `delete_queue`'s transaction
 /// (before its tasks: see the module documentation).
 pub(super) async fn delete_queue(conn: &mut Conn, queue_id: i64) -> Res<()> {
+    // The schedule rows first, then their runs, in the order a fire locks them, so the two
+    // never wait on each other crosswise.
     for statement in [
-        "DELETE r FROM helix_schedule_runs AS r JOIN helix_schedules AS s ON s.id = r.schedule_id \
-         WHERE s.queue_id = ?",
+        "SELECT id FROM helix_schedules WHERE queue_id = ? ORDER BY id FOR UPDATE",
+        "DELETE FROM helix_schedule_runs WHERE schedule_id IN \
+         (SELECT id FROM helix_schedules WHERE queue_id = ?)",
         "DELETE FROM helix_schedules WHERE queue_id = ?",
     ] {
         diesel::sql_query(statement).bind::<BigInt, _>(queue_id).execute(conn).await?;
@@ -507,6 +512,7 @@ pub(super) async fn fire(
 
     // Every task of every fire is checked before anything is written.
     let mut due: Vec<Vec<DateTime<Utc>>> = Vec::with_capacity(fires.len());
+    let mut invalid: HashMap<usize, String> = HashMap::new();
     for fire in fires {
         let mut at = Vec::new();
         if let Some(record) = schedules.get(&fire.schedule.0) {
@@ -514,7 +520,14 @@ pub(super) async fn fire(
                 StoreError::Database(format!("the queue of schedule {} is gone", record.id))
             })?;
             for (_, task) in &fire.slots {
-                at.push(validate_new_task(task, count, now)?);
+                match validate_new_task(task, count, now) {
+                    Ok(due_at) => at.push(due_at),
+                    Err(StoreError::Invalid(reason)) => {
+                        invalid.insert(due.len(), reason);
+                        break;
+                    }
+                    Err(other) => return Err(other.into()),
+                }
             }
         }
         due.push(at);
@@ -533,6 +546,11 @@ pub(super) async fn fire(
             applied.push(i);
         }
     }
+
+    // A fire whose tasks the store refuses (a schedule stored by an older release, or edited
+    // by hand) makes none: its slots are skipped, so that it cannot hold up the others.
+    let order = applied.clone();
+    applied.retain(|i| !invalid.contains_key(i));
 
     // The runs, each with task 0 until its task is enqueued; a slot already there stays as
     // it is.
@@ -629,8 +647,13 @@ pub(super) async fn fire(
     let mut out = vec![FireOutcome::Stale; fires.len()];
     let mut rows: BTreeMap<u64, After> = BTreeMap::new();
     let mut p = 0;
-    for &i in &applied {
+    for &i in &order {
         let fire = &fires[i];
+        if let Some(reason) = invalid.get(&i) {
+            rows.entry(fire.schedule.0).or_insert((fire.next_slot_at, None)).0 = fire.next_slot_at;
+            out[i] = FireOutcome::Invalid(reason.clone());
+            continue;
+        }
         let (mut created, mut duplicates) = (Vec::new(), Vec::new());
         for (slot, _) in &fire.slots {
             match plans[p].task {

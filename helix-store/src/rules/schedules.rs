@@ -86,10 +86,13 @@ impl Slots {
     /// `0 0 30 2 *`).
     pub fn next(&self, at: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
         match &self.kind {
-            SlotKind::Cron(cron, tz) => cron
-                .find_next_occurrence(&at.with_timezone(tz), inclusive)
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
+            SlotKind::Cron(cron, tz) => {
+                let found = cron.find_next_occurrence(&at.with_timezone(tz), inclusive).ok()?;
+                // croner drops the fraction of a second of its start: from 07:30:00.5 it
+                // answers 07:30:00, before `at`. The slot after that one is the answer then.
+                let found = if found < at { cron.find_next_occurrence(&found, false).ok()? } else { found };
+                Some(found.with_timezone(&Utc))
+            }
             SlotKind::Every(ms) => {
                 let micros = at.timestamp_micros();
                 let step = ms * 1_000;
@@ -106,10 +109,15 @@ impl Slots {
     /// The last slot strictly before `at`; `None` when there is none since year 1.
     pub fn previous(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.kind {
-            SlotKind::Cron(cron, tz) => cron
-                .find_previous_occurrence(&at.with_timezone(tz), false)
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
+            SlotKind::Cron(cron, tz) => {
+                let found = cron.find_previous_occurrence(&at.with_timezone(tz), false).ok()?;
+                // As in `next`: from 07:30:00.5 croner starts at 07:30:00 and misses it.
+                let found = match cron.find_next_occurrence(&found, false) {
+                    Ok(later) if later < at => later,
+                    _ => found,
+                };
+                Some(found.with_timezone(&Utc))
+            }
             SlotKind::Every(ms) => {
                 // The largest multiple of ms strictly below `at` (µs precision).
                 let micros = at.timestamp_micros();
@@ -250,16 +258,40 @@ pub fn plan_fire(
     }))
 }
 
-/// Checks a fire call's size.
+/// Checks a fire call's size and each fire's shape.
 ///
 /// # Errors
-/// [`StoreError::Invalid`] for more than [`MAX_FIRE_BATCH`] schedules or slots of one
-/// schedule.
+/// [`StoreError::Invalid`], nothing written, for more than [`MAX_FIRE_BATCH`] fires or slots
+/// in all, or a fire whose slots are not strictly increasing from its cursor and before its
+/// `next_slot_at` (so a fire can never name a slot behind the schedule's cursor: the cursor
+/// only moves forward, and a slot it has passed never makes a task again, even once its run
+/// is pruned).
 pub fn validate_fires(fires: &[ScheduleFire]) -> StoreResult<()> {
-    if fires.len() > MAX_FIRE_BATCH || fires.iter().any(|f| f.slots.len() > MAX_FIRE_BATCH) {
+    let slots: usize = fires.iter().map(|f| f.slots.len()).sum();
+    if fires.len() > MAX_FIRE_BATCH || slots > MAX_FIRE_BATCH {
         return Err(StoreError::Invalid(format!(
-            "a fire may name at most {MAX_FIRE_BATCH} schedules of at most {MAX_FIRE_BATCH} slots each"
+            "a fire call of {} schedules and {slots} slots is over the limit of {MAX_FIRE_BATCH} slots",
+            fires.len()
         )));
+    }
+    for fire in fires {
+        let mut after = None;
+        for (slot, _) in &fire.slots {
+            if *slot < fire.cursor || after.is_some_and(|a| *slot <= a) || *slot >= fire.next_slot_at {
+                return Err(StoreError::Invalid(format!(
+                    "fire of schedule {}: slot {slot} is not after the cursor {} and the slot before it, \
+                     and before the next cursor {}",
+                    fire.schedule, fire.cursor, fire.next_slot_at
+                )));
+            }
+            after = Some(*slot);
+        }
+        if fire.next_slot_at <= fire.cursor {
+            return Err(StoreError::Invalid(format!(
+                "fire of schedule {}: the next cursor {} is not after the cursor {}",
+                fire.schedule, fire.next_slot_at, fire.cursor
+            )));
+        }
     }
     Ok(())
 }
@@ -307,6 +339,19 @@ mod tests {
         assert_eq!(s.next(at("2026-03-01T00:00:10.000500Z"), true), Some(at("2026-03-01T00:00:20Z")));
         assert_eq!(s.previous(at("2026-03-01T00:00:10Z")), Some(at("2026-03-01T00:00:00Z")));
         assert_eq!(s.previous(at("2026-03-01T00:00:10.000500Z")), Some(at("2026-03-01T00:00:10Z")));
+    }
+
+    #[test]
+    fn a_cron_slot_at_or_after_an_instant_is_never_before_it() {
+        let daily = Slots::new(&Recurrence::Cron("30 7 * * *".into()), "UTC").expect("valid");
+        let within = at("2026-03-02T07:30:00.500Z");
+        assert_eq!(daily.next(within, true), Some(at("2026-03-03T07:30:00Z")));
+        assert_eq!(daily.next(at("2026-03-02T07:30:00Z"), true), Some(at("2026-03-02T07:30:00Z")));
+        let every_second = Slots::new(&Recurrence::Cron("* * * * * *".into()), "UTC").expect("valid");
+        assert_eq!(every_second.next(within, true), Some(at("2026-03-02T07:30:01Z")));
+        assert_eq!(every_second.next(within, false), Some(at("2026-03-02T07:30:01Z")));
+        assert_eq!(daily.previous(within), Some(at("2026-03-02T07:30:00Z")));
+        assert_eq!(daily.previous(at("2026-03-02T07:30:00Z")), Some(at("2026-03-01T07:30:00Z")));
     }
 
     #[test]

@@ -392,6 +392,7 @@ pub(super) fn fire(
 
     // Every task of every fire is checked before anything is written.
     let mut due: Vec<Vec<DateTime<Utc>>> = Vec::with_capacity(fires.len());
+    let mut invalid: HashMap<usize, String> = HashMap::new();
     for fire in fires {
         let mut at = Vec::new();
         if let Some(record) = schedules.get(&fire.schedule.0) {
@@ -399,7 +400,14 @@ pub(super) fn fire(
                 StoreError::Database(format!("the queue of schedule {} is gone", record.id))
             })?;
             for (_, task) in &fire.slots {
-                at.push(validate_new_task(task, count, now)?);
+                match validate_new_task(task, count, now) {
+                    Ok(due_at) => at.push(due_at),
+                    Err(StoreError::Invalid(reason)) => {
+                        invalid.insert(due.len(), reason);
+                        break;
+                    }
+                    Err(other) => return Err(other.into()),
+                }
             }
         }
         due.push(at);
@@ -418,6 +426,11 @@ pub(super) fn fire(
             applied.push(i);
         }
     }
+
+    // A fire whose tasks the store refuses (a schedule stored by an older release, or edited
+    // by hand) makes none: its slots are skipped, so that it cannot hold up the others.
+    let order = applied.clone();
+    applied.retain(|i| !invalid.contains_key(i));
 
     // The runs, each with task 0 until its task is enqueued; the answer lists exactly the
     // runs inserted now.
@@ -489,8 +502,13 @@ pub(super) fn fire(
     let mut out = vec![FireOutcome::Stale; fires.len()];
     let mut rows: BTreeMap<u64, After> = BTreeMap::new();
     let mut p = 0;
-    for &i in &applied {
+    for &i in &order {
         let fire = &fires[i];
+        if let Some(reason) = invalid.get(&i) {
+            rows.entry(fire.schedule.0).or_insert((fire.next_slot_at, None)).0 = fire.next_slot_at;
+            out[i] = FireOutcome::Invalid(reason.clone());
+            continue;
+        }
         let (mut created, mut duplicates) = (Vec::new(), Vec::new());
         for (slot, _) in &fire.slots {
             match plans[p].2 {
