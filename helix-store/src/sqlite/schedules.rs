@@ -327,7 +327,19 @@ pub(super) fn due(
     let now = <[ClockedRow]>::first(&rows)
         .map(|r| r.now.and_utc())
         .ok_or_else(|| StoreError::Database("the due schedules answered no clock".to_owned()))?;
-    let due = rows.into_iter().filter_map(|r| r.row).map(ScheduleRow::record).collect::<Result<_, _>>()?;
+    // A row this binary cannot read (written by another version, or by hand) is left out
+    // with a warning rather than stopping every schedule.
+    let due = rows
+        .into_iter()
+        .filter_map(|r| r.row)
+        .filter_map(|row| match row.record() {
+            Ok(record) => Some(record),
+            Err(error) => {
+                tracing::warn!(%error, "a schedule row that does not read is left out");
+                None
+            }
+        })
+        .collect();
     Ok((now, due))
 }
 
