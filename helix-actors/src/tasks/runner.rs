@@ -296,6 +296,7 @@ impl PartitionHandler for TaskPartition {
             pctx: ctx.clone(),
             slot,
             control: Rc::clone(&self.control),
+            registry: Arc::clone(&self.registry),
         };
         ctx.guard().spawn(run.run());
         Ok(())
@@ -392,6 +393,16 @@ impl Calls {
         self.call("claiming tasks", true, async move { store.claim_tasks(&fence, limit).await })
     }
 
+    /// The earliest `run_at` of the partition's pending tasks (the poll's statement, for this
+    /// partition alone).
+    fn next_due(&self, fence: OwnerFence) -> LocalBoxFuture<'static, StoreResult<Option<DateTime<Utc>>>> {
+        let store = Arc::clone(&self.store);
+        self.call("reading the next due time", true, async move {
+            let due = store.next_due(fence.queue, &[fence.partition]).await?;
+            Ok(due.get(&fence.partition).copied())
+        })
+    }
+
     /// Writes outcomes, coalesced with other partitions' (see [`Outbox`]).
     fn write(&self, outcomes: PartitionOutcomes) -> LocalBoxFuture<'static, StoreResult<TaskBatchOutcome>> {
         self.outbox.post(Arc::clone(&self.slot.calls), outcomes, self.bound)
@@ -417,6 +428,8 @@ enum Answer {
         result: StoreResult<BTreeSet<Duration>>,
     },
     Recovered(StoreResult<TaskRecovery>),
+    /// The partition's next due time, read after a claim that emptied it of due tasks.
+    NextDue(StoreResult<Option<DateTime<Utc>>>),
 }
 
 struct Loop {
@@ -427,6 +440,8 @@ struct Loop {
     pctx: PartitionContext,
     slot: Arc<Slot>,
     control: Rc<Control>,
+    /// For the store clock's offset, to set a timer for a due time read here.
+    registry: Arc<Registry>,
 }
 
 /// The earliest of two optional instants (`None` is never).
@@ -470,6 +485,11 @@ impl Loop {
         let (mut flush_after, mut claim_after) = (Instant::now(), Instant::now());
         // The first operation is the recovery of what earlier runs left (see `assigned`).
         let (mut rewrite, mut resync) = (false, true);
+        // A claim took every due task and the partition knows no later due time: read it
+        // (the poll reads only a partition's earliest, so the tasks behind the one it found
+        // would otherwise wait for the next poll). Never after a claim that found nothing, so
+        // an idle partition sends nothing.
+        let mut look_ahead = false;
         loop {
             let now = Instant::now();
             let draining = self.control.draining.get();
@@ -493,6 +513,11 @@ impl Loop {
                     let answer =
                         claimed.map(move |result| Answer::Claimed { asked: room, result }).boxed_local();
                     call = Some(answer);
+                } else if look_ahead && !draining {
+                    look_ahead = false;
+                    if self.slot.first_due().is_none() {
+                        call = Some(self.calls.next_due(self.fence).map(Answer::NextDue).boxed_local());
+                    }
                 }
             }
             if draining && running.is_empty() && finished.is_empty() && call.is_none() {
@@ -519,6 +544,7 @@ impl Loop {
                             }
                             // A full batch may leave more due: look again when there is room.
                             more = got >= asked;
+                            look_ahead |= got > 0 && !more;
                         }
                         Answer::Claimed { result: Err(error), .. } if error.is_fenced() => {
                             // Revoking (no new work) or lost (the guard ends this loop soon).
@@ -552,6 +578,18 @@ impl Loop {
                             // Refused as such: a recovery puts the tasks back.
                             error!(fence = %self.fence, %error, tasks = batch.len(), "task outcomes refused; recovering the tasks");
                             resync = true;
+                        }
+                        Answer::NextDue(Ok(Some(at))) => {
+                            let offset = *self.registry.offset_ms.lock().unwrap_or_else(|e| e.into_inner());
+                            // Before the first sample of the store's clock, the poll brings it.
+                            if let Some(offset) = offset {
+                                let store_now_ms = self.registry.local_ms(now) + offset;
+                                self.slot.hint(self.registry.local(at, now, store_now_ms));
+                            }
+                        }
+                        Answer::NextDue(Ok(None)) => {}
+                        Answer::NextDue(Err(error)) => {
+                            debug!(fence = %self.fence, %error, "reading the next due time failed, the poll will find it");
                         }
                         Answer::Recovered(result) => match result {
                             Ok(recovery) => {
