@@ -48,6 +48,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -308,6 +309,19 @@ async fn clock_offset(store: &Arc<dyn Store>) -> BenchResult<(i64, i64)> {
     best.ok_or_else(|| "no clock reading".into())
 }
 
+/// Round trips to the server (`SELECT NOW(6)`), one every `every` until `stop`, in ms.
+async fn round_trips(store: Arc<dyn Store>, every: Duration, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let mut ms = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let before = Instant::now();
+        if store.now().await.is_ok() {
+            ms.push(before.elapsed().as_secs_f64() * 1e3);
+        }
+        tokio::time::sleep(every).await;
+    }
+    ms
+}
+
 // ---- the run -----------------------------------------------------------------------------
 
 async fn run() -> BenchResult<()> {
@@ -354,6 +368,9 @@ async fn run() -> BenchResult<()> {
             // 1. Delayed, in process, then from another process.
             let tag = "delayed-local";
             let t0 = client.store().now().await? + chrono::Duration::from_std(LEAD + Duration::from_secs(1))?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let probe =
+                actix_rt::spawn(round_trips(client.store(), Duration::from_millis(10), Arc::clone(&stop)));
             let sent = enqueue_delayed(&client, tag, t0, rate, seconds).await?;
             println!(
                 "{tag}: {} tasks, each enqueued ≥ {:.0} ms ahead of its run_at",
@@ -361,10 +378,19 @@ async fn run() -> BenchResult<()> {
             );
             let deadline = Instant::now() + 2 * *poll + Duration::from_secs(10);
             let got = wait_for(&starts, tag, sent.tasks, deadline).await;
+            stop.store(true, Ordering::Relaxed);
             delayed.extend(lateness_rows(
                 &format!("delayed, in-process enqueue (wake_local), {name}"),
                 &got,
                 sent.tasks,
+            ));
+            let probed = probe.await?;
+            let n = probed.len();
+            delayed.push(Row::new(
+                "  for scale: one round trip (SELECT NOW(6)) meanwhile, every 10 ms",
+                probed,
+                n,
+                None,
             ));
 
             let tag = "delayed-remote";
@@ -387,7 +413,15 @@ async fn run() -> BenchResult<()> {
                 ));
             }
 
-            // 2a. Due at once, in process.
+            // 2a. Due at once, in process; for scale, round trips on the idle cluster first.
+            let stop = Arc::new(AtomicBool::new(false));
+            let probe =
+                actix_rt::spawn(round_trips(client.store(), Duration::from_millis(10), Arc::clone(&stop)));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.store(true, Ordering::Relaxed);
+            let probed = probe.await?;
+            let n = probed.len();
+            pickup.push(Row::new("for scale: one round trip (SELECT NOW(6)), idle cluster", probed, n, None));
             let tag = "pickup-local";
             let mut sent: HashMap<TaskId, Instant> = HashMap::new();
             let mut enqueue_ms = Vec::new();
@@ -450,9 +484,11 @@ fn lateness_rows(measure: &str, got: &[(TaskId, Start)], expected: usize) -> Vec
     let handler = got.iter().map(|(_, s)| (s.wall_us - s.run_at_us) as f64 / 1e3).collect();
     let claimed =
         got.iter().filter_map(|(_, s)| s.claimed_us.map(|c| (c - s.run_at_us) as f64 / 1e3)).collect();
+    let claim = got.iter().filter_map(|(_, s)| s.claimed_us.map(|c| (s.wall_us - c) as f64 / 1e3)).collect();
     vec![
         Row::new(format!("{measure}: handler start − run_at"), handler, expected, Some(10.0)),
         Row::new("  store side: started_at (claim) − run_at", claimed, expected, None),
+        Row::new("  the claim: handler start − started_at", claim, expected, None),
     ]
 }
 
@@ -575,11 +611,13 @@ async fn idle(cluster: &Cluster, poll: Duration, window: Duration) {
     let after = total(cluster);
     let mut diff: Vec<(String, u64)> = after
         .into_iter()
-        .map(|(k, v)| (v - before.get(&k).copied().unwrap_or(0), k))
-        .map(|(v, k)| (k, v))
+        .map(|(k, v)| {
+            let gained = v - before.get(&k).copied().unwrap_or(0);
+            (k, gained)
+        })
+        .filter(|(_, v)| *v > 0)
         .collect();
-    diff.retain(|(_, v)| *v > 0);
-    diff.sort_by(|a, b| b.1.cmp(&a.1));
+    diff.sort_by_key(|(_, v)| std::cmp::Reverse(*v));
     let per_worker_s = |n: u64| n as f64 / WORKERS as f64 / took;
     let intervals = took / poll.as_secs_f64();
     let polls: u64 = diff.iter().filter(|(k, _)| k.starts_with(POLL)).map(|(_, v)| v).sum();
