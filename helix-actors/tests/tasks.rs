@@ -768,6 +768,47 @@ async fn delayed_tasks_from_another_process_run_at_their_own_due_times_not_at_th
     }
 }
 
+/// A timer that fires before the store's clock reaches the due time (here the poller's sample
+/// of the store's clock was held up 2 s on its way, so the worker believes the store 1 s
+/// ahead) sends a claim that finds nothing: the partition then reads its next due time and
+/// claims again, waiting a step that doubles each time, rather than leave the task to the
+/// next poll (30 s away); a few claims, never a busy loop.
+#[actix::test]
+async fn a_claim_sent_before_the_stores_clock_reached_the_due_time_is_sent_again_not_left_to_the_poll() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let poll = Duration::from_secs(30);
+    let queues = recorder.queues(&queue, TaskPolicy::default()).poll_interval(poll);
+    cluster.add_coordinator();
+    // The worker's polls run at `started + k × poll`.
+    let started = Instant::now();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    worker.link().inject("now", CallFault::Delay(Duration::from_secs(2)), 1);
+    let warm = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, warm, TaskState::Done).await;
+    assert!(Instant::now() < started + poll / 2, "the worker took too long to start");
+
+    // The second poll (at 30 s) finds the first; the second comes by reading ahead.
+    let mut due = BTreeMap::new();
+    for secs in [35u64, 45] {
+        let at = started + Duration::from_secs(secs);
+        let task =
+            NewTask { run_at: RunAt::After(at - Instant::now()), ..NewTask::new(PartitionId(0), "ok") };
+        let ids = cluster.store().enqueue_tasks(queue.id, &[task]).await.expect("enqueue");
+        due.insert(ids[0].id, at);
+    }
+    let ids: Vec<TaskId> = due.keys().copied().collect();
+    let claims = worker.link().calls("claim_tasks");
+    wait_all_finished(&cluster, &client, &ids).await;
+    for run in recorder.runs().iter().filter(|r| due.contains_key(&r.id)) {
+        let at = due[&run.id];
+        assert!(run.at >= at, "task {} ran {:?} before its run_at", run.id, at - run.at);
+        assert!(run.at <= at + Duration::from_secs(1), "task {} ran {:?} late", run.id, run.at - at);
+    }
+    let claims = worker.link().calls("claim_tasks") - claims;
+    assert!(claims <= 2 * 12, "{claims} claims for two tasks");
+}
+
 /// A store that keeps refusing the recovery a runner starts with (down, or out of pooled
 /// connections) delays the partition's tasks but never fails the partition: the recovery is
 /// tried again until it succeeds, and the tasks then run.

@@ -35,6 +35,10 @@ use crate::worker::{HandlerError, PartitionContext, PartitionHandler, PartitionK
 /// The most due instants a partition keeps (see [`Slot::due`]).
 const MAX_HINTS: usize = 64;
 
+/// The first and the longest wait before a claim after claims sent for due times came back
+/// empty (see `Loop::serve`).
+const EMPTY_CLAIM_STEP: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(1));
+
 /// The task queues of one worker and what its partitions share: due-time hints from the
 /// poller, the store clock's offset, and each partition's store-call lock.
 pub(crate) struct Registry {
@@ -420,6 +424,8 @@ struct Finished {
 enum Answer {
     Claimed {
         asked: u32,
+        /// Sent for a due-time hint, rather than because an earlier claim came back full.
+        by_hint: bool,
         result: StoreResult<Vec<TaskRecord>>,
     },
     /// A write of outcomes: on success, the delays of the tasks put back for later.
@@ -487,9 +493,16 @@ impl Loop {
         let (mut rewrite, mut resync) = (false, true);
         // A claim took every due task and the partition knows no later due time: read it
         // (the poll reads only a partition's earliest, so the tasks behind the one it found
-        // would otherwise wait for the next poll). Never after a claim that found nothing, so
-        // an idle partition sends nothing.
+        // would otherwise wait for the next poll). So too after a claim sent for a due time
+        // that found nothing: the hint was stale (a claim that ran late took its task, while
+        // a poll read it as pending) or the timer fired before the store's clock reached the
+        // due time (the clock's offset is an estimate), and the tasks behind would otherwise
+        // wait for the next poll. The due time read then is set no earlier than `not_before`,
+        // a step that doubles while such claims keep finding nothing, so that a wrong offset
+        // costs a few claims, never a busy loop. An idle partition has no hint and sends
+        // nothing.
         let mut look_ahead = false;
+        let (mut empty_step, mut not_before) = (EMPTY_CLAIM_STEP.0, None::<Instant>);
         loop {
             let now = Instant::now();
             let draining = self.control.draining.get();
@@ -508,10 +521,12 @@ impl Loop {
                     call = Some(recovered.map(Answer::Recovered).boxed_local());
                 } else if claim_at.is_some_and(|at| at <= now) {
                     self.slot.covered(now);
+                    let by_hint = !more;
                     more = false;
                     let claimed = self.calls.claim(self.fence, room);
-                    let answer =
-                        claimed.map(move |result| Answer::Claimed { asked: room, result }).boxed_local();
+                    let answer = claimed
+                        .map(move |result| Answer::Claimed { asked: room, by_hint, result })
+                        .boxed_local();
                     call = Some(answer);
                 } else if look_ahead && !draining {
                     look_ahead = false;
@@ -537,14 +552,21 @@ impl Loop {
                     call = None;
                     let now = Instant::now();
                     match answer {
-                        Answer::Claimed { asked, result: Ok(tasks) } => {
+                        Answer::Claimed { asked, by_hint, result: Ok(tasks) } => {
                             let got = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
                             for task in tasks {
                                 running.push(self.attempt(task));
                             }
                             // A full batch may leave more due: look again when there is room.
                             more = got >= asked;
-                            look_ahead |= got > 0 && !more;
+                            if got > 0 {
+                                look_ahead |= !more;
+                                (empty_step, not_before) = (EMPTY_CLAIM_STEP.0, None);
+                            } else if by_hint {
+                                look_ahead = true;
+                                not_before = Some(now + empty_step);
+                                empty_step = (empty_step * 2).min(EMPTY_CLAIM_STEP.1);
+                            }
                         }
                         Answer::Claimed { result: Err(error), .. } if error.is_fenced() => {
                             // Revoking (no new work) or lost (the guard ends this loop soon).
@@ -584,7 +606,8 @@ impl Loop {
                             // Before the first sample of the store's clock, the poll brings it.
                             if let Some(offset) = offset {
                                 let store_now_ms = self.registry.local_ms(now) + offset;
-                                self.slot.hint(self.registry.local(at, now, store_now_ms));
+                                let at = self.registry.local(at, now, store_now_ms);
+                                self.slot.hint(not_before.map_or(at, |floor| at.max(floor)));
                             }
                         }
                         Answer::NextDue(Ok(None)) => {}
