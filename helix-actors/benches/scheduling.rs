@@ -331,8 +331,12 @@ async fn run() -> BenchResult<()> {
     let pickups: usize = env_or("HELIX_BENCH_PICKUPS", 300);
     let idle_seconds: u64 = env_or("HELIX_BENCH_IDLE_SECONDS", 15);
     let short_poll = Duration::from_millis(env_or("HELIX_BENCH_SHORT_POLL_MS", 100));
+    let poll = match env_or("HELIX_BENCH_POLL_MS", 0u64) {
+        0 => DEFAULT_POLL_INTERVAL,
+        ms => Duration::from_millis(ms),
+    };
     let polls: Vec<Duration> =
-        [DEFAULT_POLL_INTERVAL].into_iter().chain((!short_poll.is_zero()).then_some(short_poll)).collect();
+        [poll].into_iter().chain((!short_poll.is_zero()).then_some(short_poll)).collect();
     println!(
         "scheduling: {WORKERS} workers, {PARTITIONS} partitions, in-flight {} per partition; load average {} at start",
         TaskPolicy::default().in_flight,
