@@ -768,6 +768,39 @@ async fn delayed_tasks_from_another_process_run_at_their_own_due_times_not_at_th
     }
 }
 
+/// The same after a claim that came back full: the claim after it finds nothing, and the
+/// partition reads its next due time rather than leave the task behind to the next poll.
+#[actix::test]
+async fn a_delayed_task_behind_a_full_claim_runs_at_its_due_time_not_at_the_next_poll() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let poll = Duration::from_secs(30);
+    let queues = recorder.queues(&queue, TaskPolicy::default().in_flight(2)).poll_interval(poll);
+    cluster.add_coordinator();
+    let started = Instant::now();
+    cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let warm = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, warm, TaskState::Done).await;
+    assert!(Instant::now() < started + poll / 2, "the worker took too long to start");
+
+    // Two due at 35 s fill a claim of two; the third falls due before the third poll.
+    let mut due = BTreeMap::new();
+    for secs in [35u64, 35, 45] {
+        let at = started + Duration::from_secs(secs);
+        let task =
+            NewTask { run_at: RunAt::After(at - Instant::now()), ..NewTask::new(PartitionId(0), "ok") };
+        let ids = cluster.store().enqueue_tasks(queue.id, &[task]).await.expect("enqueue");
+        due.insert(ids[0].id, at);
+    }
+    let ids: Vec<TaskId> = due.keys().copied().collect();
+    wait_all_finished(&cluster, &client, &ids).await;
+    for run in recorder.runs().iter().filter(|r| due.contains_key(&r.id)) {
+        let at = due[&run.id];
+        assert!(run.at >= at, "task {} ran {:?} before its run_at", run.id, at - run.at);
+        assert!(run.at <= at + Duration::from_millis(50), "task {} ran {:?} late", run.id, run.at - at);
+    }
+}
+
 /// A timer that fires before the store's clock reaches the due time (here the poller's sample
 /// of the store's clock was held up 2 s on its way, so the worker believes the store 1 s
 /// ahead) sends a claim that finds nothing: the partition then reads its next due time and

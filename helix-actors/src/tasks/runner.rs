@@ -491,16 +491,15 @@ impl Loop {
         let (mut flush_after, mut claim_after) = (Instant::now(), Instant::now());
         // The first operation is the recovery of what earlier runs left (see `assigned`).
         let (mut rewrite, mut resync) = (false, true);
-        // A claim took every due task and the partition knows no later due time: read it
-        // (the poll reads only a partition's earliest, so the tasks behind the one it found
-        // would otherwise wait for the next poll). So too after a claim sent for a due time
-        // that found nothing: the hint was stale (a claim that ran late took its task, while
-        // a poll read it as pending) or the timer fired before the store's clock reached the
-        // due time (the clock's offset is an estimate), and the tasks behind would otherwise
-        // wait for the next poll. The due time read then is set no earlier than `not_before`,
-        // a step that doubles while such claims keep finding nothing, so that a wrong offset
-        // costs a few claims, never a busy loop. An idle partition has no hint and sends
-        // nothing.
+        // A claim took every due task (it came back not full) and the partition knows no
+        // later due time: read it (the poll reads only a partition's earliest, so the tasks
+        // behind the one it found would otherwise wait for the next poll). That holds too for
+        // a claim that found nothing: after a full one, or sent for a due time that was stale
+        // (a poll read the task as pending while a claim that took it was under way) or
+        // reached before the store's clock did (the clock's offset is an estimate). After the
+        // latter, the due time read is set no earlier than `not_before`, a step that doubles
+        // while such claims keep finding nothing, so that a wrong offset costs a few claims,
+        // never a busy loop. An idle partition has no due time in view, so it sends nothing.
         let mut look_ahead = false;
         let (mut empty_step, mut not_before) = (EMPTY_CLAIM_STEP.0, None::<Instant>);
         loop {
@@ -559,11 +558,10 @@ impl Loop {
                             }
                             // A full batch may leave more due: look again when there is room.
                             more = got >= asked;
+                            look_ahead |= !more;
                             if got > 0 {
-                                look_ahead |= !more;
                                 (empty_step, not_before) = (EMPTY_CLAIM_STEP.0, None);
                             } else if by_hint {
-                                look_ahead = true;
                                 not_before = Some(now + empty_step);
                                 empty_step = (empty_step * 2).min(EMPTY_CLAIM_STEP.1);
                             }
