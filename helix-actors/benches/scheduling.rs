@@ -19,8 +19,8 @@
 //!    handler's start, on this process's monotonic clock; (b) enqueued by another process
 //!    (this binary run again with `HELIX_SCHEDBENCH_ROLE`), which prints the wall-clock
 //!    instant just before each enqueue call, against the wall-clock instant the handler
-//!    started; with the default poll interval (1 s) and with `HELIX_BENCH_SHORT_POLL_MS`
-//!    (default 100; 0 skips it).
+//!    started; with the default poll interval (1 s; `HELIX_BENCH_POLL_MS` sets another, for
+//!    parts 1 and 2a too) and with `HELIX_BENCH_SHORT_POLL_MS` (default 100; 0 skips it).
 //! 3. **Idle load**: with no task at all, the statements each worker sends over
 //!    `HELIX_BENCH_IDLE_SECONDS` (default 15), counted exactly by a TCP proxy in front of each
 //!    worker (so no other client of the server counts), by statement: the due-time poll

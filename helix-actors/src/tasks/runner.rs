@@ -434,7 +434,7 @@ enum Answer {
         result: StoreResult<BTreeSet<Duration>>,
     },
     Recovered(StoreResult<TaskRecovery>),
-    /// The partition's next due time, read after a claim that emptied it of due tasks.
+    /// The partition's next due time, read after a claim that came back not full.
     NextDue(StoreResult<Option<DateTime<Utc>>>),
 }
 
