@@ -10,7 +10,9 @@ use helix_actors::client::{Client, TaskSpec};
 use helix_actors::tasks::{TaskContext, TaskOutcome, TaskPolicy, TaskQueues, task_handler_fn};
 use helix_actors::testing::{CallFault, SimCluster, SimWorker};
 use helix_core::{ClusterConfig, Epoch, PartitionId, WorkerId};
-use helix_store::{CancelOutcome, Enqueued, OwnerFence, QueueRecord, StoreError, TaskId, TaskState};
+use helix_store::{
+    CancelOutcome, Enqueued, NewTask, OwnerFence, QueueRecord, RunAt, StoreError, TaskId, TaskState,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -727,6 +729,117 @@ async fn retries_run_at_their_own_due_times_without_waiting_for_a_poll() {
             "task {id} ran again {waited:?} after its failure, not {delay} s: {runs:?}"
         );
     }
+}
+
+/// Delayed tasks enqueued by another process (straight into the store, so nothing in this
+/// process wakes for them) each run at their own due time: the poll reads only the earliest
+/// due time of a partition, so once a partition has run a task it reads its next due time
+/// itself rather than leave the tasks behind it to the next poll (here 30 s away).
+#[actix::test]
+async fn delayed_tasks_from_another_process_run_at_their_own_due_times_not_at_the_next_poll() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let poll = Duration::from_secs(30);
+    let queues = recorder.queues(&queue, TaskPolicy::default()).poll_interval(poll);
+    cluster.add_coordinator();
+    // The worker's polls run at `started + k × poll`.
+    let started = Instant::now();
+    cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let warm = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, warm, TaskState::Done).await;
+    assert!(Instant::now() < started + poll / 2, "the worker took too long to start");
+
+    // Due after the second poll, which sees the first alone; the others fall due before the
+    // third.
+    let mut due = BTreeMap::new();
+    for secs in [35u64, 37, 40, 52] {
+        let at = started + Duration::from_secs(secs);
+        let task =
+            NewTask { run_at: RunAt::After(at - Instant::now()), ..NewTask::new(PartitionId(0), "ok") };
+        let ids = cluster.store().enqueue_tasks(queue.id, &[task]).await.expect("enqueue");
+        due.insert(ids[0].id, at);
+    }
+    let ids: Vec<TaskId> = due.keys().copied().collect();
+    wait_all_finished(&cluster, &client, &ids).await;
+    for run in recorder.runs().iter().filter(|r| due.contains_key(&r.id)) {
+        let at = due[&run.id];
+        assert!(run.at >= at, "task {} ran {:?} before its run_at", run.id, at - run.at);
+        assert!(run.at <= at + Duration::from_millis(50), "task {} ran {:?} late", run.id, run.at - at);
+    }
+}
+
+/// The same after a claim that came back full: the claim after it finds nothing, and the
+/// partition reads its next due time rather than leave the task behind to the next poll.
+#[actix::test]
+async fn a_delayed_task_behind_a_full_claim_runs_at_its_due_time_not_at_the_next_poll() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let poll = Duration::from_secs(30);
+    let queues = recorder.queues(&queue, TaskPolicy::default().in_flight(2)).poll_interval(poll);
+    cluster.add_coordinator();
+    let started = Instant::now();
+    cluster.add_task_worker(&[(&queue, 1)], &queues);
+    let warm = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, warm, TaskState::Done).await;
+    assert!(Instant::now() < started + poll / 2, "the worker took too long to start");
+
+    // Two due at 35 s fill a claim of two; the third falls due before the third poll.
+    let mut due = BTreeMap::new();
+    for secs in [35u64, 35, 45] {
+        let at = started + Duration::from_secs(secs);
+        let task =
+            NewTask { run_at: RunAt::After(at - Instant::now()), ..NewTask::new(PartitionId(0), "ok") };
+        let ids = cluster.store().enqueue_tasks(queue.id, &[task]).await.expect("enqueue");
+        due.insert(ids[0].id, at);
+    }
+    let ids: Vec<TaskId> = due.keys().copied().collect();
+    wait_all_finished(&cluster, &client, &ids).await;
+    for run in recorder.runs().iter().filter(|r| due.contains_key(&r.id)) {
+        let at = due[&run.id];
+        assert!(run.at >= at, "task {} ran {:?} before its run_at", run.id, at - run.at);
+        assert!(run.at <= at + Duration::from_millis(50), "task {} ran {:?} late", run.id, run.at - at);
+    }
+}
+
+/// A timer that fires before the store's clock reaches the due time (here the poller's sample
+/// of the store's clock was held up 2 s on its way, so the worker believes the store 1 s
+/// ahead) sends a claim that finds nothing: the partition then reads its next due time and
+/// claims again, waiting a step that doubles each time, rather than leave the task to the
+/// next poll (30 s away); a few claims, never a busy loop.
+#[actix::test]
+async fn a_claim_sent_before_the_stores_clock_reached_the_due_time_is_sent_again_not_left_to_the_poll() {
+    let (mut cluster, queue, client) = cluster(1).await;
+    let recorder = Recorder::default();
+    let poll = Duration::from_secs(30);
+    let queues = recorder.queues(&queue, TaskPolicy::default()).poll_interval(poll);
+    cluster.add_coordinator();
+    // The worker's polls run at `started + k × poll`.
+    let started = Instant::now();
+    let worker = cluster.add_task_worker(&[(&queue, 1)], &queues);
+    worker.link().inject("now", CallFault::Delay(Duration::from_secs(2)), 1);
+    let warm = enqueue(&client, TaskSpec::new("ok")).await;
+    wait_state(&cluster, &client, warm, TaskState::Done).await;
+    assert!(Instant::now() < started + poll / 2, "the worker took too long to start");
+
+    // The second poll (at 30 s) finds the first; the second comes by reading ahead.
+    let mut due = BTreeMap::new();
+    for secs in [35u64, 45] {
+        let at = started + Duration::from_secs(secs);
+        let task =
+            NewTask { run_at: RunAt::After(at - Instant::now()), ..NewTask::new(PartitionId(0), "ok") };
+        let ids = cluster.store().enqueue_tasks(queue.id, &[task]).await.expect("enqueue");
+        due.insert(ids[0].id, at);
+    }
+    let ids: Vec<TaskId> = due.keys().copied().collect();
+    let claims = worker.link().calls("claim_tasks");
+    wait_all_finished(&cluster, &client, &ids).await;
+    for run in recorder.runs().iter().filter(|r| due.contains_key(&r.id)) {
+        let at = due[&run.id];
+        assert!(run.at >= at, "task {} ran {:?} before its run_at", run.id, at - run.at);
+        assert!(run.at <= at + Duration::from_secs(1), "task {} ran {:?} late", run.id, run.at - at);
+    }
+    let claims = worker.link().calls("claim_tasks") - claims;
+    assert!(claims <= 2 * 12, "{claims} claims for two tasks");
 }
 
 /// A store that keeps refusing the recovery a runner starts with (down, or out of pooled

@@ -35,6 +35,10 @@ use crate::worker::{HandlerError, PartitionContext, PartitionHandler, PartitionK
 /// The most due instants a partition keeps (see [`Slot::due`]).
 const MAX_HINTS: usize = 64;
 
+/// The first and the longest wait before a claim after claims sent for due times came back
+/// empty (see `Loop::serve`).
+const EMPTY_CLAIM_STEP: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(1));
+
 /// The task queues of one worker and what its partitions share: due-time hints from the
 /// poller, the store clock's offset, and each partition's store-call lock.
 pub(crate) struct Registry {
@@ -296,6 +300,7 @@ impl PartitionHandler for TaskPartition {
             pctx: ctx.clone(),
             slot,
             control: Rc::clone(&self.control),
+            registry: Arc::clone(&self.registry),
         };
         ctx.guard().spawn(run.run());
         Ok(())
@@ -392,6 +397,16 @@ impl Calls {
         self.call("claiming tasks", true, async move { store.claim_tasks(&fence, limit).await })
     }
 
+    /// The earliest `run_at` of the partition's pending tasks (the poll's statement, for this
+    /// partition alone).
+    fn next_due(&self, fence: OwnerFence) -> LocalBoxFuture<'static, StoreResult<Option<DateTime<Utc>>>> {
+        let store = Arc::clone(&self.store);
+        self.call("reading the next due time", true, async move {
+            let due = store.next_due(fence.queue, &[fence.partition]).await?;
+            Ok(due.get(&fence.partition).copied())
+        })
+    }
+
     /// Writes outcomes, coalesced with other partitions' (see [`Outbox`]).
     fn write(&self, outcomes: PartitionOutcomes) -> LocalBoxFuture<'static, StoreResult<TaskBatchOutcome>> {
         self.outbox.post(Arc::clone(&self.slot.calls), outcomes, self.bound)
@@ -409,6 +424,8 @@ struct Finished {
 enum Answer {
     Claimed {
         asked: u32,
+        /// Sent for a due-time hint, rather than because an earlier claim came back full.
+        by_hint: bool,
         result: StoreResult<Vec<TaskRecord>>,
     },
     /// A write of outcomes: on success, the delays of the tasks put back for later.
@@ -417,6 +434,8 @@ enum Answer {
         result: StoreResult<BTreeSet<Duration>>,
     },
     Recovered(StoreResult<TaskRecovery>),
+    /// The partition's next due time, read after a claim that came back not full.
+    NextDue(StoreResult<Option<DateTime<Utc>>>),
 }
 
 struct Loop {
@@ -427,6 +446,8 @@ struct Loop {
     pctx: PartitionContext,
     slot: Arc<Slot>,
     control: Rc<Control>,
+    /// For the store clock's offset, to set a timer for a due time read here.
+    registry: Arc<Registry>,
 }
 
 /// The earliest of two optional instants (`None` is never).
@@ -470,6 +491,17 @@ impl Loop {
         let (mut flush_after, mut claim_after) = (Instant::now(), Instant::now());
         // The first operation is the recovery of what earlier runs left (see `assigned`).
         let (mut rewrite, mut resync) = (false, true);
+        // A claim took every due task (it came back not full) and the partition knows no
+        // later due time: read it (the poll reads only a partition's earliest, so the tasks
+        // behind the one it found would otherwise wait for the next poll). That holds too for
+        // a claim that found nothing: after a full one, or sent for a due time that was stale
+        // (a poll read the task as pending while a claim that took it was under way) or
+        // reached before the store's clock did (the clock's offset is an estimate). After the
+        // latter, the due time read is set no earlier than `not_before`, a step that doubles
+        // while such claims keep finding nothing, so that a wrong offset costs a few claims,
+        // never a busy loop. An idle partition has no due time in view, so it sends nothing.
+        let mut look_ahead = false;
+        let (mut empty_step, mut not_before) = (EMPTY_CLAIM_STEP.0, None::<Instant>);
         loop {
             let now = Instant::now();
             let draining = self.control.draining.get();
@@ -488,11 +520,18 @@ impl Loop {
                     call = Some(recovered.map(Answer::Recovered).boxed_local());
                 } else if claim_at.is_some_and(|at| at <= now) {
                     self.slot.covered(now);
+                    let by_hint = !more;
                     more = false;
                     let claimed = self.calls.claim(self.fence, room);
-                    let answer =
-                        claimed.map(move |result| Answer::Claimed { asked: room, result }).boxed_local();
+                    let answer = claimed
+                        .map(move |result| Answer::Claimed { asked: room, by_hint, result })
+                        .boxed_local();
                     call = Some(answer);
+                } else if look_ahead && !draining {
+                    look_ahead = false;
+                    if self.slot.first_due().is_none() {
+                        call = Some(self.calls.next_due(self.fence).map(Answer::NextDue).boxed_local());
+                    }
                 }
             }
             if draining && running.is_empty() && finished.is_empty() && call.is_none() {
@@ -512,13 +551,20 @@ impl Loop {
                     call = None;
                     let now = Instant::now();
                     match answer {
-                        Answer::Claimed { asked, result: Ok(tasks) } => {
+                        Answer::Claimed { asked, by_hint, result: Ok(tasks) } => {
                             let got = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
                             for task in tasks {
                                 running.push(self.attempt(task));
                             }
                             // A full batch may leave more due: look again when there is room.
                             more = got >= asked;
+                            look_ahead |= !more;
+                            if got > 0 {
+                                (empty_step, not_before) = (EMPTY_CLAIM_STEP.0, None);
+                            } else if by_hint {
+                                not_before = Some(now + empty_step);
+                                empty_step = (empty_step * 2).min(EMPTY_CLAIM_STEP.1);
+                            }
                         }
                         Answer::Claimed { result: Err(error), .. } if error.is_fenced() => {
                             // Revoking (no new work) or lost (the guard ends this loop soon).
@@ -552,6 +598,19 @@ impl Loop {
                             // Refused as such: a recovery puts the tasks back.
                             error!(fence = %self.fence, %error, tasks = batch.len(), "task outcomes refused; recovering the tasks");
                             resync = true;
+                        }
+                        Answer::NextDue(Ok(Some(at))) => {
+                            let offset = *self.registry.offset_ms.lock().unwrap_or_else(|e| e.into_inner());
+                            // Before the first sample of the store's clock, the poll brings it.
+                            if let Some(offset) = offset {
+                                let store_now_ms = self.registry.local_ms(now) + offset;
+                                let at = self.registry.local(at, now, store_now_ms);
+                                self.slot.hint(not_before.map_or(at, |floor| at.max(floor)));
+                            }
+                        }
+                        Answer::NextDue(Ok(None)) => {}
+                        Answer::NextDue(Err(error)) => {
+                            debug!(fence = %self.fence, %error, "reading the next due time failed, the poll will find it");
                         }
                         Answer::Recovered(result) => match result {
                             Ok(recovery) => {
