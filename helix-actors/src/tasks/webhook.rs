@@ -29,7 +29,8 @@
 //!
 //! **Destinations** ([`Destinations`]): the handler refuses loopback, link-local (including the
 //! cloud metadata address 169.254.169.254), unspecified, multicast and broadcast addresses,
-//! their IPv4-mapped forms, and well-known metadata names, unless an allow-list entry names the
+//! other cloud metadata addresses, their forms inside IPv6 (mapped, translated, compatible,
+//! NAT64, 6to4), Teredo and NAT64 local-use addresses, and well-known metadata names, unless an allow-list entry names the
 //! address; it checks the addresses a name **resolves to** (its own DNS resolver, so a name
 //! that resolves to a refused address is refused, on every connection), not only the URL text.
 
@@ -339,13 +340,18 @@ impl std::error::Error for Refused {}
 ///   `fe80::/10`;
 /// - unspecified `0.0.0.0/8`, `::`;
 /// - multicast `224.0.0.0/4`, `ff00::/8`, and broadcast `255.255.255.255`;
-/// - the metadata addresses `fd00:ec2::254` (AWS, IPv6) and `100.100.100.200` (Alibaba Cloud);
+/// - the metadata addresses `fd00:ec2::254` (AWS, IPv6), `100.100.100.200` (Alibaba Cloud),
+///   `168.63.129.16` (Azure WireServer) and `192.0.0.192` (Oracle Cloud);
 /// - the IPv4 forms of these inside IPv6 addresses (IPv4-mapped `::ffff:0:0/96`,
-///   IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`);
+///   IPv4-translated `::ffff:0:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`, 6to4
+///   `2002::/16`);
+/// - all of Teredo `2001::/32` (its client address is hidden, obfuscated) and of NAT64
+///   local-use `64:ff9b:1::/48` (where its IPv4 address sits depends on the local prefix
+///   length, unknown here): allow a network to reach them;
 /// - the metadata host names `metadata.google.internal`, `metadata.goog`, `metadata` and
 ///   `instance-data.ec2.internal`;
-/// - and the networks added with [`deny_network`](Self::deny_network) (private networks such
-///   as `10.0.0.0/8` are allowed unless denied so).
+/// - and the networks added with [`deny_network`](Self::deny_network), also inside IPv6 in the
+///   forms above (private networks such as `10.0.0.0/8` are allowed unless denied so).
 ///
 /// **Allow-list**: once any entry is added, a destination must be an allowed host
 /// ([`allow_host`](Self::allow_host)) or have its addresses in an allowed network
@@ -478,7 +484,10 @@ impl Destinations {
                 "the address is in no allowed network and its host is not on the allow-list".to_owned(),
             );
         }
-        if let Some(net) = self.denied.iter().find(|n| n.contains(&ip)) {
+        let embedded = embedded_v4(ip).map(IpAddr::V4);
+        if let Some(net) =
+            self.denied.iter().find(|n| n.contains(&ip) || embedded.is_some_and(|v4| n.contains(&v4)))
+        {
             return refused(format!("the address is in the denied network {net}"));
         }
         Ok(())
@@ -489,17 +498,22 @@ fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// The IPv4 address inside an IPv6 one: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
-/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`.
+/// The IPv4 address inside an IPv6 one: IPv4-mapped `::ffff:a.b.c.d`, IPv4-translated
+/// `::ffff:0:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` (the well-known
+/// prefix, a /96), and 6to4 `2002:aabb:ccdd::/48` (`aa.bb.cc.dd` in the second and third
+/// groups).
 fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = v6.segments();
-    let low = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     match s {
-        [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0, 0, 0, 0, 0, 0, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => {
+            Some(v4(s[6], s[7]))
+        }
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
         _ => None,
     }
 }
@@ -509,6 +523,7 @@ fn default_rule(ip: IpAddr) -> Option<String> {
     match ip {
         IpAddr::V4(v4) => v4_rule(v4).map(str::to_owned),
         IpAddr::V6(v6) => {
+            let s = v6.segments();
             if v6.is_loopback() {
                 return Some("loopback (::1)".to_owned());
             }
@@ -518,11 +533,17 @@ fn default_rule(ip: IpAddr) -> Option<String> {
             if v6.is_multicast() {
                 return Some("multicast (ff00::/8)".to_owned());
             }
-            if v6.segments()[0] & 0xffc0 == 0xfe80 {
+            if s[0] & 0xffc0 == 0xfe80 {
                 return Some("link-local (fe80::/10)".to_owned());
             }
             if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
                 return Some("cloud metadata (fd00:ec2::254)".to_owned());
+            }
+            if s[..2] == [0x2001, 0] {
+                return Some("Teredo (2001::/32)".to_owned());
+            }
+            if s[..3] == [0x64, 0xff9b, 1] {
+                return Some("NAT64 local-use (64:ff9b:1::/48)".to_owned());
             }
             embedded_v4(ip).and_then(v4_rule).map(|rule| format!("IPv4 {rule} inside IPv6"))
         }
@@ -541,7 +562,11 @@ fn v4_rule(ip: Ipv4Addr) -> Option<&'static str> {
     } else if ip.is_broadcast() {
         Some("broadcast (255.255.255.255)")
     } else if ip == Ipv4Addr::new(100, 100, 100, 200) {
-        Some("cloud metadata (100.100.100.200)")
+        Some("cloud metadata (100.100.100.200, Alibaba Cloud)")
+    } else if ip == Ipv4Addr::new(168, 63, 129, 16) {
+        Some("cloud metadata (168.63.129.16, Azure WireServer)")
+    } else if ip == Ipv4Addr::new(192, 0, 0, 192) {
+        Some("cloud metadata (192.0.0.192, Oracle Cloud)")
     } else {
         None
     }
@@ -956,11 +981,33 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "168.63.129.16",
+            "192.0.0.192",
+            "::ffff:168.63.129.16",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:a83f:8110:1::1",
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1:a9fe:a9:fe00::",
+            "64:ff9b:1::808:808",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001::1",
         ] {
             assert!(d.check_ip(ip(refused), false).is_err(), "{refused} must be refused");
         }
         for allowed in
             ["93.184.216.34", "10.0.0.1", "192.168.1.1", "2606:2800:220:1::1", "fec0::1", "::ffff:8.8.8.8"]
+                .into_iter()
+                .chain([
+                    "::ffff:0:8.8.8.8",
+                    "2002:808:808::1",
+                    "64:ff9b::808:808",
+                    "2001:db8::1",
+                    "2001:1::1",
+                ])
+                .chain(["168.63.129.17", "192.0.0.193"])
         {
             assert_eq!(d.check_ip(ip(allowed), false), Ok(()), "{allowed} must be allowed");
         }
@@ -970,8 +1017,21 @@ mod tests {
             assert!(d.check_name(name).is_err(), "{name} must be refused");
         }
         assert_eq!(d.check_name("hooks.example.com"), Ok(()));
+        let rule_of = |a: &str| d.check_ip(ip(a), false).expect_err("refused").rule;
+        assert!(rule_of("2002:7f00:1::").contains("IPv4 loopback (127.0.0.0/8) inside IPv6"));
+        assert!(rule_of("::ffff:0:169.254.169.254").contains("IPv4 link-local"));
+        assert!(rule_of("168.63.129.16").contains("Azure WireServer"));
+        assert!(rule_of("192.0.0.192").contains("Oracle Cloud"));
+        assert!(rule_of("2001:0:4136:e378::1").contains("Teredo (2001::/32)"));
+        assert!(rule_of("64:ff9b:1::808:808").contains("NAT64 local-use (64:ff9b:1::/48)"));
         let denied = d.deny_network("10.0.0.0/8".parse().expect("net"));
-        assert!(denied.check_ip(ip("10.2.3.4"), false).is_err());
+        for inside in
+            ["10.2.3.4", "::ffff:10.2.3.4", "::ffff:0:10.2.3.4", "64:ff9b::a02:304", "2002:a02:304::1"]
+        {
+            assert!(denied.check_ip(ip(inside), false).is_err(), "{inside} is in 10.0.0.0/8");
+        }
+        let opened = Destinations::new().allow_network("64:ff9b:1::/48".parse().expect("net"));
+        assert_eq!(opened.check_ip(ip("64:ff9b:1::808:808"), false), Ok(()), "an allowed network opens it");
     }
 
     #[test]
