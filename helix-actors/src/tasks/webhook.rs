@@ -20,7 +20,7 @@
 //! |---|---|
 //! | 2xx | done, the status and the start of the body kept as the task's `result` |
 //! | 408, 429, 5xx | retried after the queue's backoff, or after `Retry-After` (capped at [`WebhookConfig::max_retry_after`]) |
-//! | 3xx | dead (redirects are not followed), unless [`WebhookConfig::follow_redirects`] allows following |
+//! | 3xx | dead (redirects are not followed), unless [`WebhookConfig::follow_redirects`] allows following within the origin |
 //! | other 4xx (and anything else) | dead: another attempt would get the same answer |
 //! | connection refused, DNS failure, timeout, broken connection | retried |
 //! | malformed envelope, bad URL, refused destination | dead |
@@ -626,7 +626,10 @@ pub struct WebhookConfig {
     pub max_retry_after: Duration,
     /// How many redirects an attempt follows, each hop checked against the URL rules and the
     /// [`Destinations`] (301, 302 and 303 are followed with a GET without body, as browsers
-    /// do; 307 and 308 with the same POST). Default 0: a 3xx answer is a permanent failure.
+    /// do; 307 and 308 with the same POST). Only redirects within the delivery URL's origin
+    /// (scheme, host and port) are followed, so that the envelope's headers reach no other
+    /// host; a hop to another origin, an `https` to `http` downgrade included, is a permanent
+    /// failure, nothing sent to it. Default 0: a 3xx answer is a permanent failure.
     pub follow_redirects: u32,
     /// Where deliveries may go. Default: [`Destinations::new`].
     pub destinations: Destinations,
@@ -719,9 +722,12 @@ impl WebhookHandler {
                 let hop = validate_url(attempt.url().as_str())
                     .map_err(|e| Refused { destination: attempt.url().to_string(), rule: e.to_string() })
                     .and_then(|url| rules.check_url(&url));
-                match hop {
-                    Ok(()) => attempt.follow(),
-                    Err(refused) => attempt.error(refused),
+                if let Err(refused) = hop {
+                    return attempt.error(refused);
+                }
+                match attempt.previous().first().map(|from| check_redirect(from, attempt.url())) {
+                    Some(Err(refused)) => attempt.error(refused),
+                    _ => attempt.follow(),
                 }
             })
         };
@@ -810,10 +816,10 @@ impl WebhookHandler {
             };
         }
         if status.is_redirection() {
-            let to = headers.get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("nowhere");
-            return TaskOutcome::fail(described(&format!(
-                " (a redirect to {} not followed: following redirects is off)",
-                cut(to, 200)
+            return TaskOutcome::fail(described(&redirect_note(
+                status,
+                headers.get(LOCATION),
+                self.config.follow_redirects,
             )));
         }
         TaskOutcome::fail(described(" (permanent: not retried)"))
@@ -847,6 +853,58 @@ impl TaskHandler for WebhookHandler {
     async fn run(&self, task: TaskContext) -> TaskOutcome {
         self.deliver(&task).await
     }
+}
+
+/// Whether a redirect from the delivery's URL `from` to `to` may be followed: only within the
+/// same origin (scheme, host and port), so that the envelope's headers (a signature, an API
+/// key) reach no other host, and never from `https` to `http`. The error says why not.
+fn check_redirect(from: &Url, to: &Url) -> Result<(), RedirectRefused> {
+    let (origin, next) = (from.origin().ascii_serialization(), to.origin().ascii_serialization());
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Err(RedirectRefused(format!(
+            "a redirect from {origin} to {next} is a downgrade from https, not followed"
+        )));
+    }
+    if from.origin() != to.origin() {
+        return Err(RedirectRefused(format!(
+            "a redirect from {origin} to another origin, {next}, is not followed \
+             (only redirects within the origin are, so that the envelope's headers reach no other host)"
+        )));
+    }
+    Ok(())
+}
+
+/// A redirect hop the handler does not follow ([`check_redirect`]): a permanent failure.
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// What [`WebhookHandler::judge`] says of a 3xx answer that reached it, not followed: why it
+/// was not, by the configuration (`follow` hops), the status and the `Location`.
+fn redirect_note(status: StatusCode, location: Option<&HeaderValue>, follow: u32) -> String {
+    let Some(location) = location else {
+        return if follow == 0 {
+            " (not followed: no Location header, and following redirects is off)".to_owned()
+        } else {
+            " (not followed: no Location header)".to_owned()
+        };
+    };
+    let to = location.to_str().map_or_else(|_| "a Location that is not text".to_owned(), |l| cut(l, 200));
+    let why = if follow == 0 {
+        "following redirects is off".to_owned()
+    } else if !matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+        format!("{} is not a redirect to follow (only 301, 302, 303, 307 and 308 are)", status.as_u16())
+    } else {
+        "the Location is not a url to follow".to_owned()
+    };
+    format!(" (a redirect to {to} not followed: {why})")
 }
 
 /// The first [`MAX_RESPONSE_EXCERPT_BYTES`] of a response body, as text cut at a character
@@ -1081,6 +1139,67 @@ mod tests {
         assert_eq!(with("soon"), None);
         assert_eq!(with("-5"), None);
         assert_eq!(retry_after(&HeaderMap::new(), now, max), None);
+    }
+
+    #[test]
+    fn redirects_are_followed_only_within_the_origin_and_never_down_to_http() {
+        let url = |s: &str| Url::parse(s).expect("a url");
+        let from = url("https://hooks.example.com/orders");
+        for same in ["https://hooks.example.com/v2/orders", "https://HOOKS.example.com:443/x?y=z"] {
+            assert!(check_redirect(&from, &url(same)).is_ok(), "{same} is the same origin");
+        }
+        for (other, says) in [
+            ("https://evil.example.net/collect", "another origin, https://evil.example.net"),
+            ("https://other.example.com/orders", "another origin"),
+            ("https://hooks.example.com:8443/orders", "another origin, https://hooks.example.com:8443"),
+            ("http://hooks.example.com/orders", "a downgrade from https"),
+            ("http://evil.example.net/", "a downgrade from https"),
+        ] {
+            let refused = check_redirect(&from, &url(other)).expect_err(other).to_string();
+            assert!(refused.contains(says), "{other}: {refused}");
+        }
+        let plain = url("http://127.0.0.1:8080/a");
+        assert!(check_redirect(&plain, &url("http://127.0.0.1:8080/b")).is_ok());
+        assert!(check_redirect(&plain, &url("https://127.0.0.1:8080/b")).is_err(), "another scheme");
+        assert!(check_redirect(&plain, &url("http://localhost:8080/b")).is_err(), "another host");
+    }
+
+    #[test]
+    fn a_3xx_that_was_not_followed_says_why() {
+        let off = WebhookHandler::new(WebhookConfig::default()).expect("handler");
+        let on = WebhookHandler::new(WebhookConfig::default().follow_redirects(3)).expect("handler");
+        let location = |to: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(LOCATION, HeaderValue::from_str(to).expect("value"));
+            h
+        };
+        let error = |handler: &WebhookHandler, code: u16, headers: &HeaderMap| match handler.judge(
+            StatusCode::from_u16(code).expect("status"),
+            headers,
+            "",
+        ) {
+            TaskOutcome::Fail(error) => error,
+            other => panic!("{code}: a 3xx is a permanent failure, not {other:?}"),
+        };
+        let to = location("/next");
+        assert_eq!(
+            error(&off, 302, &to),
+            "HTTP 302 Found (a redirect to /next not followed: following redirects is off)"
+        );
+        assert_eq!(
+            error(&off, 302, &HeaderMap::new()),
+            "HTTP 302 Found (not followed: no Location header, and following redirects is off)"
+        );
+        for (code, headers, says) in [
+            (300, &to, "(a redirect to /next not followed: 300 is not a redirect to follow"),
+            (304, &HeaderMap::new(), "(not followed: no Location header)"),
+            (302, &HeaderMap::new(), "(not followed: no Location header)"),
+            (307, &to, "(a redirect to /next not followed: the Location is not a url to follow)"),
+        ] {
+            let error = error(&on, code, headers);
+            assert!(error.contains(says), "{code}: {error}");
+            assert!(!error.contains("off"), "following is on: {error}");
+        }
     }
 
     #[test]
