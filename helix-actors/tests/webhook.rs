@@ -43,7 +43,8 @@ type Hits = Arc<Mutex<Vec<Hit>>>;
 /// - `/flaky/K`: 500 for the first K requests on that path, then 200 `finally`;
 /// - `/slow/MS`: 200 after MS milliseconds; `/hang`: never answers;
 /// - `/redirect/N/to/…`: status N with `Location` the rest of the path (`metadata` stands
-///   for `http://169.254.169.254/latest/meta-data/`).
+///   for `http://169.254.169.254/latest/meta-data/`; `port/P/…` for the rest of the path on
+///   `http://127.0.0.1:P`, another origin).
 struct Server {
     port: u16,
     hits: Hits,
@@ -117,6 +118,9 @@ async fn answer(hits: web::Data<Hits>, req: HttpRequest, body: web::Bytes) -> Ht
         }
         ["redirect", code, "to", "metadata"] => HttpResponse::build(status(code))
             .insert_header(("Location", "http://169.254.169.254/latest/meta-data/"))
+            .finish(),
+        ["redirect", code, "to", "port", port, rest @ ..] => HttpResponse::build(status(code))
+            .insert_header(("Location", format!("http://127.0.0.1:{port}/{}", rest.join("/"))))
             .finish(),
         ["redirect", code, "to", rest @ ..] => HttpResponse::build(status(code))
             .insert_header(("Location", format!("/{}", rest.join("/"))))
@@ -385,6 +389,44 @@ async fn redirects_are_followed_only_when_configured_and_each_hop_is_checked() {
     );
     assert_eq!((records[2].state, records[2].attempts), (TaskState::Dead, 1), "{:?}", records[2]);
     assert!(error_of(&records[2]).contains("more than 2 redirects"), "{:?}", records[2]);
+    cluster.stop().await;
+}
+
+#[actix_rt::test]
+async fn redirects_stay_within_the_origin_and_keep_the_headers_only_there() {
+    let server = Server::start().await;
+    let elsewhere = Server::start().await;
+    let cluster = Cluster::start(local().follow_redirects(3)).await;
+    let signed = |path: &str| {
+        let request = WebhookRequest::new(&server.url(path), &serde_json::json!({ "n": 1 }))
+            .expect("request")
+            .header("X-Signature", "secret-signature")
+            .expect("header");
+        TaskSpec::webhook_request(&request).expect("spec").max_attempts(3).timeout(Duration::from_secs(10))
+    };
+    let same = cluster.enqueue(signed("/redirect/307/to/status/201")).await;
+    let other_port = format!("/redirect/307/to/port/{}/status/200", elsewhere.port);
+    let cross = cluster.enqueue(signed(&other_port)).await;
+    let found_port = format!("/redirect/302/to/port/{}/status/200", elsewhere.port);
+    let cross_get = cluster.enqueue(signed(&found_port)).await;
+    let multiple = cluster.enqueue(signed("/status/300")).await;
+    let records = cluster.finished(&[same, cross, cross_get, multiple]).await;
+
+    assert_eq!((records[0].state, records[0].attempts), (TaskState::Done, 1), "{:?}", records[0]);
+    let hop = &server.hits("/status/201")[0];
+    assert_eq!(hop.headers.get("x-signature").map(String::as_str), Some("secret-signature"), "same origin");
+    for task in &records[1..3] {
+        assert_eq!((task.state, task.attempts), (TaskState::Dead, 1), "permanent: {task:?}");
+        let error = error_of(task);
+        assert!(error.starts_with("webhook redirect refused"), "{error}");
+        assert!(error.contains(&format!("another origin, http://127.0.0.1:{}", elsewhere.port)), "{error}");
+    }
+    assert_eq!(server.hits(&other_port).len(), 1, "one attempt, not retried");
+    assert_eq!(elsewhere.all_hits(), 0, "nothing, and no signature, reached the other origin");
+    assert_eq!((records[3].state, records[3].attempts), (TaskState::Dead, 1), "{:?}", records[3]);
+    let error = error_of(&records[3]);
+    assert!(error.starts_with("HTTP 300 Multiple Choices"), "{error}");
+    assert!(error.contains("(not followed: no Location header)"), "following is on: {error}");
     cluster.stop().await;
 }
 

@@ -20,7 +20,7 @@
 //! |---|---|
 //! | 2xx | done, the status and the start of the body kept as the task's `result` |
 //! | 408, 429, 5xx | retried after the queue's backoff, or after `Retry-After` (capped at [`WebhookConfig::max_retry_after`]) |
-//! | 3xx | dead (redirects are not followed), unless [`WebhookConfig::follow_redirects`] allows following |
+//! | 3xx | dead (redirects are not followed), unless [`WebhookConfig::follow_redirects`] allows following within the origin |
 //! | other 4xx (and anything else) | dead: another attempt would get the same answer |
 //! | connection refused, DNS failure, timeout, broken connection | retried |
 //! | malformed envelope, bad URL, refused destination | dead |
@@ -29,7 +29,8 @@
 //!
 //! **Destinations** ([`Destinations`]): the handler refuses loopback, link-local (including the
 //! cloud metadata address 169.254.169.254), unspecified, multicast and broadcast addresses,
-//! their IPv4-mapped forms, and well-known metadata names, unless an allow-list entry names the
+//! other cloud metadata addresses, their forms inside IPv6 (mapped, translated, compatible,
+//! NAT64, 6to4), Teredo and NAT64 local-use addresses, and well-known metadata names, unless an allow-list entry names the
 //! address; it checks the addresses a name **resolves to** (its own DNS resolver, so a name
 //! that resolves to a refused address is refused, on every connection), not only the URL text.
 
@@ -339,13 +340,18 @@ impl std::error::Error for Refused {}
 ///   `fe80::/10`;
 /// - unspecified `0.0.0.0/8`, `::`;
 /// - multicast `224.0.0.0/4`, `ff00::/8`, and broadcast `255.255.255.255`;
-/// - the metadata addresses `fd00:ec2::254` (AWS, IPv6) and `100.100.100.200` (Alibaba Cloud);
+/// - the metadata addresses `fd00:ec2::254` (AWS, IPv6), `100.100.100.200` (Alibaba Cloud),
+///   `168.63.129.16` (Azure WireServer) and `192.0.0.192` (Oracle Cloud);
 /// - the IPv4 forms of these inside IPv6 addresses (IPv4-mapped `::ffff:0:0/96`,
-///   IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`);
+///   IPv4-translated `::ffff:0:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`, 6to4
+///   `2002::/16`);
+/// - all of Teredo `2001::/32` (its client address is hidden, obfuscated) and of NAT64
+///   local-use `64:ff9b:1::/48` (where its IPv4 address sits depends on the local prefix
+///   length, unknown here): allow a network to reach them;
 /// - the metadata host names `metadata.google.internal`, `metadata.goog`, `metadata` and
 ///   `instance-data.ec2.internal`;
-/// - and the networks added with [`deny_network`](Self::deny_network) (private networks such
-///   as `10.0.0.0/8` are allowed unless denied so).
+/// - and the networks added with [`deny_network`](Self::deny_network), also inside IPv6 in the
+///   forms above (private networks such as `10.0.0.0/8` are allowed unless denied so).
 ///
 /// **Allow-list**: once any entry is added, a destination must be an allowed host
 /// ([`allow_host`](Self::allow_host)) or have its addresses in an allowed network
@@ -478,7 +484,10 @@ impl Destinations {
                 "the address is in no allowed network and its host is not on the allow-list".to_owned(),
             );
         }
-        if let Some(net) = self.denied.iter().find(|n| n.contains(&ip)) {
+        let embedded = embedded_v4(ip).map(IpAddr::V4);
+        if let Some(net) =
+            self.denied.iter().find(|n| n.contains(&ip) || embedded.is_some_and(|v4| n.contains(&v4)))
+        {
             return refused(format!("the address is in the denied network {net}"));
         }
         Ok(())
@@ -489,17 +498,22 @@ fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// The IPv4 address inside an IPv6 one: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
-/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`.
+/// The IPv4 address inside an IPv6 one: IPv4-mapped `::ffff:a.b.c.d`, IPv4-translated
+/// `::ffff:0:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` (the well-known
+/// prefix, a /96), and 6to4 `2002:aabb:ccdd::/48` (`aa.bb.cc.dd` in the second and third
+/// groups).
 fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = v6.segments();
-    let low = Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     match s {
-        [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0, 0, 0, 0, 0, 0, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => {
+            Some(v4(s[6], s[7]))
+        }
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
         _ => None,
     }
 }
@@ -509,6 +523,7 @@ fn default_rule(ip: IpAddr) -> Option<String> {
     match ip {
         IpAddr::V4(v4) => v4_rule(v4).map(str::to_owned),
         IpAddr::V6(v6) => {
+            let s = v6.segments();
             if v6.is_loopback() {
                 return Some("loopback (::1)".to_owned());
             }
@@ -518,11 +533,17 @@ fn default_rule(ip: IpAddr) -> Option<String> {
             if v6.is_multicast() {
                 return Some("multicast (ff00::/8)".to_owned());
             }
-            if v6.segments()[0] & 0xffc0 == 0xfe80 {
+            if s[0] & 0xffc0 == 0xfe80 {
                 return Some("link-local (fe80::/10)".to_owned());
             }
             if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
                 return Some("cloud metadata (fd00:ec2::254)".to_owned());
+            }
+            if s[..2] == [0x2001, 0] {
+                return Some("Teredo (2001::/32)".to_owned());
+            }
+            if s[..3] == [0x64, 0xff9b, 1] {
+                return Some("NAT64 local-use (64:ff9b:1::/48)".to_owned());
             }
             embedded_v4(ip).and_then(v4_rule).map(|rule| format!("IPv4 {rule} inside IPv6"))
         }
@@ -541,7 +562,11 @@ fn v4_rule(ip: Ipv4Addr) -> Option<&'static str> {
     } else if ip.is_broadcast() {
         Some("broadcast (255.255.255.255)")
     } else if ip == Ipv4Addr::new(100, 100, 100, 200) {
-        Some("cloud metadata (100.100.100.200)")
+        Some("cloud metadata (100.100.100.200, Alibaba Cloud)")
+    } else if ip == Ipv4Addr::new(168, 63, 129, 16) {
+        Some("cloud metadata (168.63.129.16, Azure WireServer)")
+    } else if ip == Ipv4Addr::new(192, 0, 0, 192) {
+        Some("cloud metadata (192.0.0.192, Oracle Cloud)")
     } else {
         None
     }
@@ -601,7 +626,10 @@ pub struct WebhookConfig {
     pub max_retry_after: Duration,
     /// How many redirects an attempt follows, each hop checked against the URL rules and the
     /// [`Destinations`] (301, 302 and 303 are followed with a GET without body, as browsers
-    /// do; 307 and 308 with the same POST). Default 0: a 3xx answer is a permanent failure.
+    /// do; 307 and 308 with the same POST). Only redirects within the delivery URL's origin
+    /// (scheme, host and port) are followed, so that the envelope's headers reach no other
+    /// host; a hop to another origin, an `https` to `http` downgrade included, is a permanent
+    /// failure, nothing sent to it. Default 0: a 3xx answer is a permanent failure.
     pub follow_redirects: u32,
     /// Where deliveries may go. Default: [`Destinations::new`].
     pub destinations: Destinations,
@@ -694,9 +722,12 @@ impl WebhookHandler {
                 let hop = validate_url(attempt.url().as_str())
                     .map_err(|e| Refused { destination: attempt.url().to_string(), rule: e.to_string() })
                     .and_then(|url| rules.check_url(&url));
-                match hop {
-                    Ok(()) => attempt.follow(),
-                    Err(refused) => attempt.error(refused),
+                if let Err(refused) = hop {
+                    return attempt.error(refused);
+                }
+                match attempt.previous().first().map(|from| check_redirect(from, attempt.url())) {
+                    Some(Err(refused)) => attempt.error(refused),
+                    _ => attempt.follow(),
                 }
             })
         };
@@ -785,10 +816,10 @@ impl WebhookHandler {
             };
         }
         if status.is_redirection() {
-            let to = headers.get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("nowhere");
-            return TaskOutcome::fail(described(&format!(
-                " (a redirect to {} not followed: following redirects is off)",
-                cut(to, 200)
+            return TaskOutcome::fail(described(&redirect_note(
+                status,
+                headers.get(LOCATION),
+                self.config.follow_redirects,
             )));
         }
         TaskOutcome::fail(described(" (permanent: not retried)"))
@@ -822,6 +853,58 @@ impl TaskHandler for WebhookHandler {
     async fn run(&self, task: TaskContext) -> TaskOutcome {
         self.deliver(&task).await
     }
+}
+
+/// Whether a redirect from the delivery's URL `from` to `to` may be followed: only within the
+/// same origin (scheme, host and port), so that the envelope's headers (a signature, an API
+/// key) reach no other host, and never from `https` to `http`. The error says why not.
+fn check_redirect(from: &Url, to: &Url) -> Result<(), RedirectRefused> {
+    let (origin, next) = (from.origin().ascii_serialization(), to.origin().ascii_serialization());
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Err(RedirectRefused(format!(
+            "a redirect from {origin} to {next} is a downgrade from https, not followed"
+        )));
+    }
+    if from.origin() != to.origin() {
+        return Err(RedirectRefused(format!(
+            "a redirect from {origin} to another origin, {next}, is not followed \
+             (only redirects within the origin are, so that the envelope's headers reach no other host)"
+        )));
+    }
+    Ok(())
+}
+
+/// A redirect hop the handler does not follow ([`check_redirect`]): a permanent failure.
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// What [`WebhookHandler::judge`] says of a 3xx answer that reached it, not followed: why it
+/// was not, by the configuration (`follow` hops), the status and the `Location`.
+fn redirect_note(status: StatusCode, location: Option<&HeaderValue>, follow: u32) -> String {
+    let Some(location) = location else {
+        return if follow == 0 {
+            " (not followed: no Location header, and following redirects is off)".to_owned()
+        } else {
+            " (not followed: no Location header)".to_owned()
+        };
+    };
+    let to = location.to_str().map_or_else(|_| "a Location that is not text".to_owned(), |l| cut(l, 200));
+    let why = if follow == 0 {
+        "following redirects is off".to_owned()
+    } else if !matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
+        format!("{} is not a redirect to follow (only 301, 302, 303, 307 and 308 are)", status.as_u16())
+    } else {
+        "the Location is not a url to follow".to_owned()
+    };
+    format!(" (a redirect to {to} not followed: {why})")
 }
 
 /// The first [`MAX_RESPONSE_EXCERPT_BYTES`] of a response body, as text cut at a character
@@ -956,11 +1039,33 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
+            "168.63.129.16",
+            "192.0.0.192",
+            "::ffff:168.63.129.16",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:a83f:8110:1::1",
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1:a9fe:a9:fe00::",
+            "64:ff9b:1::808:808",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001::1",
         ] {
             assert!(d.check_ip(ip(refused), false).is_err(), "{refused} must be refused");
         }
         for allowed in
             ["93.184.216.34", "10.0.0.1", "192.168.1.1", "2606:2800:220:1::1", "fec0::1", "::ffff:8.8.8.8"]
+                .into_iter()
+                .chain([
+                    "::ffff:0:8.8.8.8",
+                    "2002:808:808::1",
+                    "64:ff9b::808:808",
+                    "2001:db8::1",
+                    "2001:1::1",
+                ])
+                .chain(["168.63.129.17", "192.0.0.193"])
         {
             assert_eq!(d.check_ip(ip(allowed), false), Ok(()), "{allowed} must be allowed");
         }
@@ -970,8 +1075,21 @@ mod tests {
             assert!(d.check_name(name).is_err(), "{name} must be refused");
         }
         assert_eq!(d.check_name("hooks.example.com"), Ok(()));
+        let rule_of = |a: &str| d.check_ip(ip(a), false).expect_err("refused").rule;
+        assert!(rule_of("2002:7f00:1::").contains("IPv4 loopback (127.0.0.0/8) inside IPv6"));
+        assert!(rule_of("::ffff:0:169.254.169.254").contains("IPv4 link-local"));
+        assert!(rule_of("168.63.129.16").contains("Azure WireServer"));
+        assert!(rule_of("192.0.0.192").contains("Oracle Cloud"));
+        assert!(rule_of("2001:0:4136:e378::1").contains("Teredo (2001::/32)"));
+        assert!(rule_of("64:ff9b:1::808:808").contains("NAT64 local-use (64:ff9b:1::/48)"));
         let denied = d.deny_network("10.0.0.0/8".parse().expect("net"));
-        assert!(denied.check_ip(ip("10.2.3.4"), false).is_err());
+        for inside in
+            ["10.2.3.4", "::ffff:10.2.3.4", "::ffff:0:10.2.3.4", "64:ff9b::a02:304", "2002:a02:304::1"]
+        {
+            assert!(denied.check_ip(ip(inside), false).is_err(), "{inside} is in 10.0.0.0/8");
+        }
+        let opened = Destinations::new().allow_network("64:ff9b:1::/48".parse().expect("net"));
+        assert_eq!(opened.check_ip(ip("64:ff9b:1::808:808"), false), Ok(()), "an allowed network opens it");
     }
 
     #[test]
@@ -1021,6 +1139,67 @@ mod tests {
         assert_eq!(with("soon"), None);
         assert_eq!(with("-5"), None);
         assert_eq!(retry_after(&HeaderMap::new(), now, max), None);
+    }
+
+    #[test]
+    fn redirects_are_followed_only_within_the_origin_and_never_down_to_http() {
+        let url = |s: &str| Url::parse(s).expect("a url");
+        let from = url("https://hooks.example.com/orders");
+        for same in ["https://hooks.example.com/v2/orders", "https://HOOKS.example.com:443/x?y=z"] {
+            assert!(check_redirect(&from, &url(same)).is_ok(), "{same} is the same origin");
+        }
+        for (other, says) in [
+            ("https://evil.example.net/collect", "another origin, https://evil.example.net"),
+            ("https://other.example.com/orders", "another origin"),
+            ("https://hooks.example.com:8443/orders", "another origin, https://hooks.example.com:8443"),
+            ("http://hooks.example.com/orders", "a downgrade from https"),
+            ("http://evil.example.net/", "a downgrade from https"),
+        ] {
+            let refused = check_redirect(&from, &url(other)).expect_err(other).to_string();
+            assert!(refused.contains(says), "{other}: {refused}");
+        }
+        let plain = url("http://127.0.0.1:8080/a");
+        assert!(check_redirect(&plain, &url("http://127.0.0.1:8080/b")).is_ok());
+        assert!(check_redirect(&plain, &url("https://127.0.0.1:8080/b")).is_err(), "another scheme");
+        assert!(check_redirect(&plain, &url("http://localhost:8080/b")).is_err(), "another host");
+    }
+
+    #[test]
+    fn a_3xx_that_was_not_followed_says_why() {
+        let off = WebhookHandler::new(WebhookConfig::default()).expect("handler");
+        let on = WebhookHandler::new(WebhookConfig::default().follow_redirects(3)).expect("handler");
+        let location = |to: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(LOCATION, HeaderValue::from_str(to).expect("value"));
+            h
+        };
+        let error = |handler: &WebhookHandler, code: u16, headers: &HeaderMap| match handler.judge(
+            StatusCode::from_u16(code).expect("status"),
+            headers,
+            "",
+        ) {
+            TaskOutcome::Fail(error) => error,
+            other => panic!("{code}: a 3xx is a permanent failure, not {other:?}"),
+        };
+        let to = location("/next");
+        assert_eq!(
+            error(&off, 302, &to),
+            "HTTP 302 Found (a redirect to /next not followed: following redirects is off)"
+        );
+        assert_eq!(
+            error(&off, 302, &HeaderMap::new()),
+            "HTTP 302 Found (not followed: no Location header, and following redirects is off)"
+        );
+        for (code, headers, says) in [
+            (300, &to, "(a redirect to /next not followed: 300 is not a redirect to follow"),
+            (304, &HeaderMap::new(), "(not followed: no Location header)"),
+            (302, &HeaderMap::new(), "(not followed: no Location header)"),
+            (307, &to, "(a redirect to /next not followed: the Location is not a url to follow)"),
+        ] {
+            let error = error(&on, code, headers);
+            assert!(error.contains(says), "{code}: {error}");
+            assert!(!error.contains("off"), "following is on: {error}");
+        }
     }
 
     #[test]
