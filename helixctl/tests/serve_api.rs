@@ -315,3 +315,63 @@ async fn health_readiness_queues_cluster_and_events() {
     assert!(first["next_after"].is_u64());
     node.shutdown().await.expect("stops");
 }
+
+#[actix_rt::test]
+async fn schedules_are_created_fire_and_are_paused_resumed_and_deleted() {
+    let node = node(&format!("token = \"{TOKEN}\"")).await;
+    let api = Api::of(&node);
+    let path = "/v1/queues/d/q/schedules";
+    let every = json!({ "name": "probe", "every": "1s", "url": "https://hooks.example.com/probe", "body": { "p": 1 } });
+
+    assert_error(&api.post(path, None, &every).await, 401, "unauthorized", "Authorization");
+    let (status, created) = api.post(path, Some(TOKEN), &every).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        (created["every_ms"].as_u64(), created["url"].as_str()),
+        (Some(1000), Some("https://hooks.example.com/probe"))
+    );
+    assert_error(&api.post(path, Some(TOKEN), &every).await, 409, "conflict", "");
+    let mut both = every.clone();
+    both["name"] = json!("both");
+    both["cron"] = json!("* * * * *");
+    assert_error(&api.post(path, Some(TOKEN), &both).await, 400, "invalid", "cron");
+    let mut zone = every.clone();
+    zone["name"] = json!("zone");
+    zone.as_object_mut().expect("object").remove("every");
+    zone["cron"] = json!("0 7 * * *");
+    zone["time_zone"] = json!("Mars/Olympus");
+    assert_error(&api.post(path, Some(TOKEN), &zone).await, 400, "invalid", "");
+    assert_error(
+        &api.post("/v1/queues/d/nope/schedules", Some(TOKEN), &every).await,
+        404,
+        "not_found",
+        "d/nope",
+    );
+
+    // The leader (this node) turns its slots into jobs.
+    let start = Instant::now();
+    loop {
+        let (_, got) = api.get(&format!("{path}/probe")).await;
+        if got["last_task_id"].is_u64() {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the schedule never fired: {got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (status, paused) = api.post(&format!("{path}/probe/pause"), Some(TOKEN), &json!({})).await;
+    assert_eq!((status, &paused["paused"]), (200, &json!(true)), "{paused}");
+    let (status, resumed) = api.post(&format!("{path}/probe/resume"), Some(TOKEN), &json!({})).await;
+    assert_eq!((status, &resumed["paused"]), (200, &json!(false)), "{resumed}");
+    let (status, listed) = api.get(path).await;
+    assert_eq!((status, listed["schedules"].as_array().map(Vec::len)), (200, Some(1)), "{listed}");
+
+    let delete = |token: Option<&'static str>| {
+        api.send(reqwest::Method::DELETE, "/v1/queues/d/q/schedules/probe", token, None)
+    };
+    assert_error(&delete(None).await, 401, "unauthorized", "Authorization");
+    assert_eq!(delete(Some(TOKEN)).await, (200, json!({ "deleted": "probe" })));
+    assert_error(&delete(Some(TOKEN)).await, 404, "not_found", "probe");
+    assert_error(&api.get(&format!("{path}/probe")).await, 404, "not_found", "probe");
+    node.shutdown().await.expect("stops");
+}

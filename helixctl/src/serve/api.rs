@@ -12,6 +12,7 @@
 //! | `GET /v1/queues/{domain}/{queue}/jobs?state=&after=&limit=` | `{jobs, next_after}` |
 //! | `GET /v1/cluster` | leader and term, workers, assignments per queue |
 //! | `GET /v1/events?after=&limit=` | `{events, next_after}` |
+//! | `… /v1/queues/{domain}/{queue}/schedules` | recurring schedules, see [`super::schedules`] |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when the store answers, else 503 |
 //!
@@ -60,6 +61,16 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// The client of the cluster's store.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The largest request body.
+    pub(super) fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
     /// The API over `client`, letting `access` mutate, reading bodies up to `max_body_bytes`.
     pub fn new(client: Client, access: Access, max_body_bytes: usize) -> Self {
         Self { client, access: Arc::new(access), max_body_bytes }
@@ -85,6 +96,7 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
                     .route("/queues/{domain}/{queue}/jobs", web::get().to(list_jobs))
                     .route("/cluster", web::get().to(cluster))
                     .route("/events", web::get().to(events))
+                    .configure(super::schedules::routes)
                     .default_service(web::to(no_route)),
             )
             .default_service(web::to(no_route));
@@ -195,7 +207,7 @@ struct Created {
 
 /// Reads a JSON body, answering 413 over the limit and 400 (naming the field) when it does
 /// not match `T`.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<web::Bytes, actix_web::Error>,
     limit: usize,
 ) -> Result<T, ApiError> {
@@ -206,7 +218,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
             ApiError::invalid(format!("cannot read the request body: {e}"))
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the body is not a valid job: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the body is not valid: {e}")))
 }
 
 async fn create_job(

@@ -8,11 +8,12 @@
 //! HTTP server on [`HTTP_WORKERS`] threads of its own.
 //!
 //! The modules are split by concern so that more can be added beside them: [`config`] (the
-//! TOML file and its validation), [`api`] (routes and handlers), [`error`] (the JSON errors).
+//! TOML file and its validation), [`api`] (routes and handlers), [`error`] (the JSON errors), [`schedules`] (the schedule endpoints).
 
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod schedules;
 
 use std::net::SocketAddr;
 use std::path::Path;
