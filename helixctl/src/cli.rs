@@ -10,9 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use helix_core::{DomainName, QueueName, WorkerId};
 use helix_store::{MAX_EVENTS_PER_READ, MissedSlots, TaskState};
 
-/// The database used when neither `--database-url` nor `HELIX_DATABASE_URL` names one: a
-/// SQLite file in the current directory, created (and migrated) on first use.
-pub(crate) const DEFAULT_DATABASE_URL: &str = "sqlite://helix.db";
+pub(crate) use helixctl::DEFAULT_DATABASE_URL;
 
 /// The most tasks one `task list` reads (the store's batch bound).
 const MAX_TASK_PAGE: u32 = 10_000;
@@ -85,6 +83,20 @@ pub(crate) enum Command {
     /// Operator actions on one worker.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Run a scheduler node: take part in the coordinator election, deliver the configured
+    /// queues' webhooks, and serve the HTTP API (`/v1`) until SIGTERM or Ctrl-C, then leave
+    /// gracefully. Several processes on one database form a cluster.
+    Serve(ServeArgs),
+}
+
+/// `helixctl serve`
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The TOML configuration (database_url, [http], [[queues]], [webhook], [cluster]);
+    /// `HELIX_SERVE__SECTION__KEY` environment variables override it. Without one: the
+    /// defaults (127.0.0.1:8080, read-only API, queue default/webhooks of 16 partitions).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// `helixctl domain …`

@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     // Usage errors (unknown command, missing or malformed argument) exit 2 here, with clap's
     // message; `--help` and `--version` exit 0.
     let cli = cli::Cli::parse();
+    if let cli::Command::Serve(args) = &cli.command {
+        return serve(args, &cli.database_url);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -26,6 +29,21 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// `helixctl serve`: logs to stderr (`RUST_LOG`, default `info`), runs in an actix system.
+fn serve(args: &cli::ServeArgs, database_url: &str) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let system = actix_rt::System::new();
+    match system.block_on(helixctl::serve::run(args.config.as_deref(), database_url)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

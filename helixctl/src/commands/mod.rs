@@ -32,6 +32,8 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         Command::Enqueue(args) => tasks::enqueue(&client, out, args).await,
         Command::Task(command) => tasks::task(&client, out, command).await,
         Command::Schedule(command) => schedules::schedule(&client, out, command).await,
+        // Run by `main` in an actix system before any of this.
+        Command::Serve(_) => Err(CliError::Failed("serve runs in an actix system of its own".into())),
     }
 }
 
